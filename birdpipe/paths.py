@@ -1,0 +1,78 @@
+"""Where inputs are read and outputs written.
+
+A dataset root is any folder in BirdCLEF layout and may be read-only (a Kaggle input, a
+shared drive); everything birdpipe writes goes under a work folder of its own, one per
+dataset, so several datasets and parameter sets live side by side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+DATA_ENV = "BIRDPIPE_DATA"
+WORK_ENV = "BIRDPIPE_WORK"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SOUNDSCAPE_DIRS = ("test_soundscapes", "unlabeled_soundscapes", "train_soundscapes")
+AUDIO_SUFFIXES = (".ogg", ".mp3", ".wav", ".flac", ".oga", ".opus", ".m4a", ".aif", ".aiff")
+
+
+def default_data_root() -> Path:
+    return Path(os.environ.get(DATA_ENV, PROJECT_ROOT / "data" / "demo"))
+
+
+def default_work_root() -> Path:
+    return Path(os.environ.get(WORK_ENV, PROJECT_ROOT / "data" / "work"))
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """The files of a BirdCLEF-layout dataset."""
+
+    root: Path
+
+    @property
+    def train_metadata(self) -> Path:
+        return self.root / "train_metadata.csv"
+
+    @property
+    def taxonomy(self) -> Path:
+        return self.root / "taxonomy.csv"
+
+    @property
+    def train_audio(self) -> Path:
+        return self.root / "train_audio"
+
+    def soundscapes(self, subdir: str | None = None) -> Path | None:
+        """The soundscape folder to predict on: `subdir` if given, else the first present."""
+        if subdir:
+            path = self.root / subdir
+            if not path.is_dir():
+                raise FileNotFoundError(f"{path}: soundscape folder not found")
+            return path
+        return next((self.root / d for d in SOUNDSCAPE_DIRS if (self.root / d).is_dir()), None)
+
+
+@dataclass(frozen=True)
+class WorkLayout:
+    """Outputs of one dataset; each stage's folder is named by its config version."""
+
+    root: Path
+
+    @classmethod
+    def for_dataset(cls, data_root: Path, work_root: Path | None = None) -> "WorkLayout":
+        data_root = Path(data_root).resolve()
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", data_root.name) or "dataset"
+        digest = hashlib.sha256(str(data_root).encode()).hexdigest()[:6]
+        return cls((work_root or default_work_root()) / f"{slug}-{digest}")
+
+    def stage(self, name: str, version: str) -> Path:
+        return self.root / name / f"{name}-{version}"
+
+
+def list_audio(folder: Path) -> list[Path]:
+    """Audio files below `folder`, sorted, by suffix."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)

@@ -1,0 +1,93 @@
+"""MLflow tracking: where runs go and how each stage's run is tagged.
+
+The default backend is a SQLite file under the project's `data/` (MLflow 3 deprecates the
+plain file store); artifacts go beside it. Every run carries the tags that tie it back to
+the Dagster run, asset and partition that made it, and to the code (git commit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from birdpipe.config import TrackingConfig, flatten
+from birdpipe.paths import PROJECT_ROOT
+
+DEFAULT_DB = PROJECT_ROOT / "data" / "mlflow.db"
+
+
+def tracking_uri(cfg: TrackingConfig) -> str:
+    return cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}"
+
+
+def artifact_root(uri: str) -> str | None:
+    """Artifacts beside a SQLite database (`mlflow.db` -> `mlartifacts/`); server stores choose their own."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def configure(cfg: TrackingConfig) -> str:
+    """Point MLflow at the configured store and experiment; returns the experiment id."""
+    import mlflow
+
+    uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(cfg.experiment)
+    if experiment is None:
+        return mlflow.create_experiment(cfg.experiment, artifact_location=artifact_root(uri))
+    return experiment.experiment_id
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+@contextlib.contextmanager
+def stage_run(
+    cfg: TrackingConfig,
+    name: str,
+    tags: Mapping[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> Iterator[Any]:
+    """An MLflow run for one pipeline stage, tagged with its lineage and the git commit."""
+    import mlflow
+
+    experiment_id = configure(cfg)
+    all_tags = {"birdpipe.stage": name, "mlflow.source.git.commit": git_commit(), **(tags or {})}
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=name,
+        tags=all_tags,
+        parent_run_id=parent_run_id,
+        nested=parent_run_id is not None,
+    ) as run:
+        yield run
+
+
+def log_params(cfg: Any, prefix: str = "") -> None:
+    """All fields of a config dataclass as flat params (`train.model.backbone`)."""
+    import mlflow
+
+    mlflow.log_params({k: ("" if v is None else v) for k, v in flatten(cfg, prefix).items()})
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    import math
+
+    import mlflow
+
+    finite = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+    mlflow.log_metrics(finite, step=step)
