@@ -83,6 +83,8 @@ class CacheConfig:
 class FoldConfig:
     n_folds: int = 5
     seed: int = 42
+    #: Keep recordings sharing this metadata column (e.g. "author") in one fold.
+    group_column: str | None = None
 
 
 @dataclass(frozen=True)

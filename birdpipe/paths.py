@@ -73,6 +73,16 @@ class WorkLayout:
         return self.root / name / f"{name}-{version}"
 
 
+def file_digest(*paths: Path) -> str:
+    """Content hash of files, for data versions and lineage."""
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
 def list_audio(folder: Path) -> list[Path]:
     """Audio files below `folder`, sorted, by suffix."""
     return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)

@@ -1,0 +1,54 @@
+"""Cross-validation folds over recordings.
+
+Folds are assigned per recording, never per window, so no window of a validation recording
+is seen in training. Stratified on the primary label so rare species are spread across
+folds; optionally grouped (e.g. by `author`, a proxy for site) to keep one recordist's
+recordings in one fold.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import polars as pl
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from birdpipe.config import FoldConfig
+
+
+def assign_folds(recordings: pl.DataFrame, cfg: FoldConfig) -> pl.DataFrame:
+    """`filename, primary_label, fold` for every recording, stratified on primary_label."""
+    n = recordings.height
+    if cfg.n_folds < 2:
+        raise ValueError(f"n_folds must be at least 2, got {cfg.n_folds}")
+    if n < cfg.n_folds:
+        raise ValueError(f"{n} recordings cannot fill {cfg.n_folds} folds")
+    ordered = recordings.select("filename", "primary_label", *_group(cfg)).sort("filename")
+    labels = ordered["primary_label"].to_numpy()
+    fold = np.full(n, -1, dtype=np.int64)
+    with warnings.catch_warnings():
+        # Species with fewer recordings than folds are expected in BirdCLEF; they still land
+        # in some fold, which is all out-of-fold prediction needs.
+        warnings.filterwarnings("ignore", message="The least populated class")
+        if cfg.group_column:
+            splitter = StratifiedGroupKFold(cfg.n_folds, shuffle=True, random_state=cfg.seed)
+            splits = splitter.split(np.zeros(n), labels, ordered[cfg.group_column].fill_null("").to_numpy())
+        else:
+            splits = StratifiedKFold(cfg.n_folds, shuffle=True, random_state=cfg.seed).split(np.zeros(n), labels)
+        for k, (_, valid) in enumerate(splits):
+            fold[valid] = k
+    return ordered.select("filename", "primary_label").with_columns(pl.Series("fold", fold))
+
+
+def fold_summary(folds: pl.DataFrame) -> pl.DataFrame:
+    """Recordings and species per fold, for asset metadata."""
+    return (
+        folds.group_by("fold")
+        .agg(pl.len().alias("recordings"), pl.col("primary_label").n_unique().alias("species"))
+        .sort("fold")
+    )
+
+
+def _group(cfg: FoldConfig) -> list[str]:
+    return [cfg.group_column] if cfg.group_column else []

@@ -1,0 +1,40 @@
+import polars as pl
+import pytest
+
+from birdpipe.config import FoldConfig
+from birdpipe.folds import assign_folds, fold_summary
+
+
+def _recordings(counts: dict[str, int]) -> pl.DataFrame:
+    rows = [(f"{sp}/XC{sp}{i}.ogg", sp, f"author{i % 3}") for sp, n in counts.items() for i in range(n)]
+    return pl.DataFrame(rows, schema=["filename", "primary_label", "author"], orient="row")
+
+
+def test_every_recording_gets_one_fold_and_classes_are_spread():
+    recs = _recordings({"aaa": 10, "bbb": 10, "ccc": 5, "ddd": 1})
+    folds = assign_folds(recs, FoldConfig(n_folds=5, seed=0))
+    assert folds.height == recs.height and set(folds["fold"]) == set(range(5))
+    assert sorted(folds["filename"]) == sorted(recs["filename"])
+    per_class = folds.filter(pl.col("primary_label") == "aaa").group_by("fold").len()
+    assert per_class["len"].to_list() == [2] * 5
+    assert fold_summary(folds)["recordings"].sum() == recs.height
+
+
+def test_deterministic_for_a_seed_and_independent_of_row_order():
+    recs = _recordings({"aaa": 7, "bbb": 6})
+    a = assign_folds(recs, FoldConfig(n_folds=3, seed=1))
+    b = assign_folds(recs.reverse(), FoldConfig(n_folds=3, seed=1))
+    c = assign_folds(recs, FoldConfig(n_folds=3, seed=2))
+    assert a.equals(b)
+    assert not a.equals(c)
+
+
+def test_group_column_keeps_groups_together():
+    recs = _recordings({"aaa": 9, "bbb": 9})
+    folds = assign_folds(recs, FoldConfig(n_folds=3, seed=0, group_column="author")).join(recs, on=["filename", "primary_label"])
+    assert (folds.group_by("author").agg(pl.col("fold").n_unique())["fold"] == 1).all()
+
+
+def test_too_few_recordings_is_a_clear_error():
+    with pytest.raises(ValueError, match="cannot fill 5 folds"):
+        assign_folds(_recordings({"aaa": 3}), FoldConfig(n_folds=5))
