@@ -1,0 +1,43 @@
+# birdpipe: `make demo` and `make test` are all a fresh clone needs.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+DEMO_DATA := data/demo
+DEMO_CONFIG := configs/demo.toml
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+
+.PHONY: env demo test ui bench bench-cache bench-train bench-infer clean-demo
+
+# The environment from the lock file; uv itself is installed with pip when absent.
+$(VENV)/.synced: pyproject.toml uv.lock
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	$(UV) sync --frozen --all-groups
+	@touch $@
+
+env: $(VENV)/.synced
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	@mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
+$(DEMO_DATA)/.complete: $(VENV)/.synced birdpipe/synth.py
+	$(VENV)/bin/birdpipe synth --out $(DEMO_DATA) --seed 0
+	@touch $@
+
+demo: env $(DEMO_DATA)/.complete $(DAGSTER_HOME)/dagster.yaml
+	BIRDPIPE_DATA=$(DEMO_DATA) BIRDPIPE_CONFIG=$(DEMO_CONFIG) $(PY) -m assets.demo
+
+test: env
+	$(VENV)/bin/pytest -q
+
+ui: env $(DAGSTER_HOME)/dagster.yaml
+	@echo "Dagster UI: http://127.0.0.1:3000   MLflow UI: http://127.0.0.1:5000"
+	BIRDPIPE_CONFIG=$${BIRDPIPE_CONFIG:-$(DEMO_CONFIG)} $(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 & \
+	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/data/mlflow.db & \
+	trap 'kill 0' INT TERM; wait
+
+bench: bench-cache bench-train bench-infer
+
+clean-demo:
+	rm -rf $(DEMO_DATA) data/work data/mlflow.db data/mlartifacts $(DAGSTER_HOME)
