@@ -151,11 +151,17 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ThresholdConfig:
-    #: F1-type objective the thresholds maximise on out-of-fold predictions.
-    objective: Literal["f1_micro_rows", "f1_macro"] = "f1_macro"
-    #: Species with fewer out-of-fold positives are shrunk toward the global threshold.
+    #: F1-type objective the thresholds maximise on out-of-fold predictions:
+    #: "f1_micro_rows" the 2021 row-wise F1 (with nocall), "f1_macro" per-species F1
+    #: averaged, "balanced_accuracy" the 2022 weighted accuracy.
+    objective: Literal["f1_micro_rows", "f1_macro", "balanced_accuracy"] = "f1_macro"
+    #: Species with fewer out-of-fold positives are shrunk toward the global threshold
+    #: (weight positives / shrink_positives on their own threshold).
     shrink_positives: int = 10
+    #: Candidate thresholds, evenly spaced strictly between 0 and 1.
     grid_size: int = 199
+    #: Coordinate-ascent passes over species for the non-separable row-wise objective.
+    sweeps: int = 2
 
 
 @dataclass(frozen=True)

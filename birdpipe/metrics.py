@@ -83,7 +83,7 @@ def oof_scores(
 
     The F1-type years (2021, 2022) binarise `y_prob >= threshold` (a scalar or one per class).
     """
-    y_true, y_prob = _check_matrices(y_true, y_prob, classes)
+    y_true, y_prob = check_matrices(y_true, y_prob, classes)
     y_pred = (y_prob >= np.asarray(threshold)).astype(np.int8)
     auc = macro_auc(y_true, y_prob)
     return {
@@ -97,7 +97,7 @@ def oof_scores(
 
 def per_species_table(y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[str]) -> pl.DataFrame:
     """species, positives, ap, auc (null where undefined), sorted by positives: for reports."""
-    y_true, y_prob = _check_matrices(y_true, y_prob, classes)
+    y_true, y_prob = check_matrices(y_true, y_prob, classes)
     rows = []
     for c, name in enumerate(classes):
         t, s = y_true[:, c], y_prob[:, c]
@@ -294,7 +294,8 @@ def _with_nocall(y: np.ndarray) -> np.ndarray:
     return np.hstack([y, (y.sum(axis=1) == 0).astype(np.int8)[:, None]])
 
 
-def _check_matrices(y_true, y_prob, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def check_matrices(y_true, y_prob, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Labels as 0/1 int8 and finite float64 probabilities, both `[n, len(classes)]`."""
     y_true, y_prob = np.asarray(y_true, dtype=np.float64), np.asarray(y_prob, dtype=np.float64)
     if y_true.shape != y_prob.shape or y_true.ndim != 2 or y_true.shape[1] != len(classes):
         raise ValueError(f"y_true {y_true.shape} and y_prob {y_prob.shape} must both be [n, {len(classes)}]")
