@@ -83,6 +83,15 @@ def file_digest(*paths: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def dataset_fingerprint(layout: DatasetLayout) -> str:
+    """Cheap change detector: metadata contents plus every audio file's name, size and mtime."""
+    h = hashlib.sha256(file_digest(layout.train_metadata, layout.taxonomy).encode())
+    for path in list_audio(layout.train_audio):
+        stat = path.stat()
+        h.update(f"{path.relative_to(layout.root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
 def list_audio(folder: Path) -> list[Path]:
     """Audio files below `folder`, sorted, by suffix."""
     return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)

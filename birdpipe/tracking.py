@@ -91,3 +91,9 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
 
     finite = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
     mlflow.log_metrics(finite, step=step)
+
+
+def log_artifacts(folder: Path, artifact_path: str | None = None) -> None:
+    import mlflow
+
+    mlflow.log_artifacts(str(folder), artifact_path)

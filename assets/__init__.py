@@ -1,0 +1,1 @@
+"""birdpipe's Dagster code location: thin assets over the `birdpipe` library."""

@@ -1,0 +1,98 @@
+"""Evaluation: out-of-fold predictions and their scores, and thresholds calibrated on them."""
+
+from __future__ import annotations
+
+import dagster as dg
+import polars as pl
+
+from birdpipe import tracking as mlf
+from birdpipe.cache import MelCacheReader
+from birdpipe.config import version
+from birdpipe.metrics import oof_scores, per_species_table
+from birdpipe.oof import class_columns, label_matrix, predict_out_of_fold, probability_matrix
+from birdpipe.thresholds import Thresholds, calibrate, plot_curve
+
+from .features import cache_dir
+from .meta import md_table, png
+from .resources import CONFIG, Dataset, Tracking, lineage_tags
+from .training import TRAIN_VERSION
+
+GROUP = "evaluation"
+
+
+@dg.asset(group_name=GROUP, code_version=version("oof_predictions"), kinds={"parquet", "mlflow"})
+def oof_predictions(
+    context: dg.AssetExecutionContext,
+    dataset: Dataset,
+    tracking: Tracking,
+    mel_cache: str | dict,
+    folds: pl.DataFrame,
+    trained_model: dict[str, dict],
+) -> dg.Output[str]:
+    """Every window's prediction from the fold model that did not see it, scored with every year's metric."""
+    checkpoints = {int(k): v["best_checkpoint"] for k, v in trained_model.items()}
+    oof, classes = predict_out_of_fold(
+        MelCacheReader(cache_dir(mel_cache)), folds, checkpoints, device=CONFIG.train.device
+    )
+    out = dataset.work.stage("oof_predictions", TRAIN_VERSION)
+    out.mkdir(parents=True, exist_ok=True)
+    oof.write_parquet(out / "oof.parquet")
+    y_true, y_prob = label_matrix(oof, classes), probability_matrix(oof, classes)
+    scores = oof_scores(y_true, y_prob, classes)
+    species = per_species_table(y_true, y_prob, classes)
+    species.write_csv(out / "per_species.csv")
+    with mlf.stage_run(tracking.config, "oof_predictions", lineage_tags(context)) as run:
+        mlf.log_metrics({f"oof_{k}": v for k, v in scores.items()})
+        mlf.log_artifacts(out)
+    return dg.Output(
+        str(out / "oof.parquet"),
+        metadata={
+            **scores,
+            "windows": oof.height,
+            "per_species": md_table(species, 30),
+            "mlflow_run_id": run.info.run_id,
+            "path": dg.MetadataValue.path(str(out / "oof.parquet")),
+        },
+    )
+
+
+@dg.asset(group_name=GROUP, code_version=version(CONFIG.thresholds), kinds={"mlflow"})
+def thresholds(
+    context: dg.AssetExecutionContext, dataset: Dataset, tracking: Tracking, oof_predictions: str
+) -> dg.Output[Thresholds]:
+    """Global and per-species thresholds maximising the configured F1-type metric out of fold."""
+    oof = pl.read_parquet(oof_predictions)
+    classes = class_columns(oof)
+    y_true, y_prob = label_matrix(oof, classes), probability_matrix(oof, classes)
+    result = calibrate(y_true, y_prob, classes, CONFIG.thresholds)
+    out = dataset.work.stage("thresholds", version(TRAIN_VERSION, CONFIG.thresholds))
+    result.to_json(out / "thresholds.json")
+    plot = plot_curve(result, out / "threshold_curve.png")
+    calibrated = oof_scores(y_true, y_prob, classes, threshold=result.vector(classes))
+    with mlf.stage_run(tracking.config, "thresholds", lineage_tags(context)) as run:
+        mlf.log_params(CONFIG.thresholds, "thresholds.")
+        mlf.log_metrics(
+            {"global_threshold": result.global_threshold, "global_score": result.global_score,
+             "per_species_score": result.per_species_score,
+             **{f"calibrated_{k}": calibrated[k] for k in ("birdclef2021", "birdclef2022")}}
+        )
+        mlf.log_artifacts(out)
+    per_species = pl.DataFrame(
+        {"species": classes, "threshold": result.vector(classes), "positives": [result.positives[c] for c in classes]}
+    )
+    return dg.Output(
+        result,
+        metadata={
+            "objective": result.objective,
+            "global_threshold": result.global_threshold,
+            "global_score": result.global_score,
+            "per_species_score": result.per_species_score,
+            "calibrated_birdclef2021": calibrated["birdclef2021"],
+            "calibrated_birdclef2022": calibrated["birdclef2022"],
+            "curve": png(plot),
+            "per_species": md_table(per_species, 30),
+            "mlflow_run_id": run.info.run_id,
+            "path": dg.MetadataValue.path(str(out / "thresholds.json")),
+        },
+    )
+

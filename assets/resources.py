@@ -1,0 +1,61 @@
+"""Resources and the pipeline config every asset reads.
+
+The config is loaded once, when Dagster loads this code location (from $BIRDPIPE_CONFIG,
+else defaults), because each asset's `code_version` is derived from it: edit the TOML and
+reload the location, and the assets whose parameters changed show as unsynced.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+from birdpipe.config import PipelineConfig, TrackingConfig, load_config
+from birdpipe.paths import DatasetLayout, WorkLayout, default_data_root, default_work_root
+
+CONFIG: PipelineConfig = load_config()
+
+
+class Dataset(dg.ConfigurableResource):
+    """A BirdCLEF-layout dataset root and the work folder of its outputs.
+
+    Defaults come from $BIRDPIPE_DATA / $BIRDPIPE_WORK; run config overrides them
+    (`resources: {dataset: {config: {root: ...}}}`).
+    """
+
+    root: str = str(default_data_root())
+    work_root: str = str(default_work_root())
+
+    @property
+    def layout(self) -> DatasetLayout:
+        return DatasetLayout(Path(self.root))
+
+    @property
+    def work(self) -> WorkLayout:
+        return WorkLayout.for_dataset(Path(self.root), Path(self.work_root))
+
+
+class Tracking(dg.ConfigurableResource):
+    """MLflow store; default sqlite:///data/mlflow.db (or $MLFLOW_TRACKING_URI)."""
+
+    tracking_uri: str | None = CONFIG.tracking.tracking_uri
+    experiment: str = CONFIG.tracking.experiment
+
+    @property
+    def config(self) -> TrackingConfig:
+        from dataclasses import replace
+
+        return replace(CONFIG.tracking, tracking_uri=self.tracking_uri, experiment=self.experiment)
+
+
+def lineage_tags(context: dg.AssetExecutionContext) -> dict[str, str]:
+    """Tags tying an MLflow run back to the Dagster run, asset and partition that made it."""
+    tags = {
+        "dagster.run_id": context.run.run_id,
+        "dagster.asset_key": context.asset_key.to_user_string(),
+        "dagster.code_version": context.assets_def.code_versions_by_key.get(context.asset_key) or "",
+    }
+    if context.has_partition_key:
+        tags["dagster.partition"] = context.partition_key
+    return tags

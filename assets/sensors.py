@@ -1,0 +1,18 @@
+"""Sensors: rerun ingest and features when the dataset on disk changes."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from birdpipe.paths import dataset_fingerprint
+
+from .resources import Dataset
+
+
+@dg.sensor(job_name="prepare_job", minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.STOPPED)
+def dataset_changed(context: dg.SensorEvaluationContext, dataset: Dataset) -> dg.SensorResult | dg.SkipReason:
+    """New, changed or removed recordings or metadata start the preparation job (cache is incremental)."""
+    fingerprint = dataset_fingerprint(dataset.layout)
+    if fingerprint == context.cursor:
+        return dg.SkipReason(f"{dataset.root}: unchanged")
+    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=fingerprint)], cursor=fingerprint)

@@ -1,0 +1,68 @@
+"""Out-of-fold predictions: every cached window scored by the one fold model that never saw it.
+
+These are the honest estimate of how the ensemble does on unseen recordings, and the data
+thresholds are calibrated on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from birdpipe.cache import MelCacheReader
+from birdpipe.labels import target_matrix
+from birdpipe.models import load_model
+from birdpipe.training import predict_windows, select_device
+
+WINDOW_COLUMNS = ("row", "filename", "window_index", "start_seconds", "end_seconds", "primary_label", "secondary_labels")
+
+
+def predict_out_of_fold(
+    cache: MelCacheReader,
+    folds: pl.DataFrame,
+    checkpoints: Mapping[int, str | Path],
+    batch_size: int = 64,
+    device: str = "auto",
+    chunk_windows: int = 2048,
+) -> tuple[pl.DataFrame, list[str]]:
+    """Window metadata, fold and one probability column per class; windows read in bounded chunks."""
+    dev = select_device(device)
+    windows = cache.windows.select(WINDOW_COLUMNS).join(folds.select("filename", "fold"), on="filename")
+    missing = sorted(set(windows["fold"].unique().to_list()) - set(checkpoints))
+    if missing:
+        raise ValueError(f"no trained model for fold(s) {missing}: materialize every trained_model partition")
+    parts, classes = [], None
+    for fold, checkpoint in sorted(checkpoints.items()):
+        model, meta = load_model(checkpoint, dev)
+        if classes is not None and meta["classes"] != classes:
+            raise ValueError(f"{checkpoint}: class list differs from the other folds' models")
+        classes = meta["classes"]
+        clash = set(classes) & set(windows.columns)
+        if clash:
+            raise ValueError(f"class names {sorted(clash)} collide with window columns")
+        held_out = windows.filter(pl.col("fold") == fold)
+        rows = held_out["row"].to_numpy()
+        probs = [
+            predict_windows(model, cache.mels(rows[i : i + chunk_windows]), batch_size, dev, meta["model"]["clip_weight"])
+            for i in range(0, len(rows), chunk_windows)
+        ]
+        matrix = np.concatenate(probs) if probs else np.zeros((0, len(classes)), dtype=np.float32)
+        parts.append(held_out.hstack(pl.DataFrame(matrix, schema=classes)))
+    return pl.concat(parts).sort("row"), classes
+
+
+def label_matrix(oof: pl.DataFrame, classes: list[str]) -> np.ndarray:
+    """Binary truth per window: the recording's primary and secondary labels."""
+    return target_matrix(oof["primary_label"].to_list(), oof["secondary_labels"].to_list(), classes, secondary_weight=1.0)
+
+
+def class_columns(oof: pl.DataFrame) -> list[str]:
+    """The class columns of an out-of-fold frame, in model order."""
+    return [c for c in oof.columns if c not in (*WINDOW_COLUMNS, "fold")]
+
+
+def probability_matrix(oof: pl.DataFrame, classes: list[str]) -> np.ndarray:
+    return oof.select(classes).to_numpy().astype(np.float32)
