@@ -119,6 +119,14 @@ class AugmentConfig:
     #: Mixup targets: element-wise max of both label vectors instead of the blend.
     mixup_max_labels: bool = True
     cutmix_p: float = 0.0
+    #: Beta(alpha, alpha) draws the mixup weight and the cutmix length.
+    mixup_alpha: float = 0.5
+    #: Time extension: the crop keeps a random 50-100 % of its audio at a random place and
+    #: fills the rest with `extend_fill` (silence, or a stretch of background audio).
+    time_extend_p: float = 0.0
+    extend_fill: Literal["silence", "background"] = "silence"
+    #: Signal-to-background ratio range of background mixing.
+    background_snr_db: tuple[float, float] = (3.0, 30.0)
 
 
 @dataclass(frozen=True)
@@ -141,6 +149,10 @@ class TrainConfig:
     warmup_epochs: int = 1
     min_lr: float = 1e-6
     grad_clip: float = 2.0
+    #: Loss on the frame-wise max logits, added to the clip-wise loss with this weight.
+    frame_loss_weight: float = 0.5
+    #: weighted_bce: class weight (N / count) ** power.
+    class_weight_power: float = 0.5
     patience: int = 5
     metric: Literal["roc_auc", "cmap"] = "roc_auc"
     num_workers: int = 0
