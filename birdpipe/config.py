@@ -50,6 +50,13 @@ class MelConfig:
     noise_time_constant_s: float = 2.0
     #: Noise statistics are estimated over chunks of this length (bounded memory).
     noise_chunk_seconds: float = 60.0
+    #: Soft-mask smoothing across frequency and time (noisereduce's defaults).
+    noise_freq_smooth_hz: float = 500.0
+    noise_time_smooth_ms: float = 50.0
+    #: Non-stationary mode: gate opens this many times above the running estimate...
+    noise_thresh_n_mult: float = 2.0
+    #: ...with this sigmoid slope.
+    noise_sigmoid_slope: float = 10.0
     dtype: Literal["float16", "float32"] = "float16"
 
     @property
@@ -77,6 +84,8 @@ class CacheConfig:
     zstd_level: int = 3
     #: Dagster partitions of the cache (a backfill fans out over them).
     partitions: int = 1
+    #: Windows per Parquet row group: the unit a random read decompresses.
+    row_group_windows: int = 16
 
 
 @dataclass(frozen=True)

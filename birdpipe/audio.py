@@ -1,0 +1,228 @@
+"""Audio decoding that survives bad files: float32 mono at the configured rate.
+
+Every format goes through soundfile/libsndfile (ogg, mp3, wav, flac, ...), with audioread
+only as a fallback for what libsndfile cannot open. Decoding is streamed in blocks so a
+2-hour recording never sits in memory at its native rate; resampling is streamed too
+(soxr). A file that breaks mid-stream keeps what was decoded and is flagged `damaged`; a
+file that yields no usable audio raises `AudioError` with the reason, for quarantine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+#: Native-rate frames decoded per read: large enough to amortise calls, small in memory.
+READ_FRAMES = 1 << 18
+
+
+class AudioError(Exception):
+    """A file that cannot be used as audio; `reason` is short and meant for a quarantine table."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+@dataclass
+class AudioInfo:
+    path: str
+    readable: bool
+    reason: str | None
+    duration_s: float
+    sample_rate: int
+    channels: int
+    frames: int
+    damaged: bool
+
+
+class _Source:
+    """An open file at its native rate: soundfile first, audioread as the fallback."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        if not path.is_file():
+            raise AudioError(path, "missing")
+        if path.stat().st_size == 0:
+            raise AudioError(path, "empty file (0 bytes)")
+        try:
+            self._sf = sf.SoundFile(str(path))
+        except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+            self._sf = None
+            self._ar = _audioread_open(path, exc)
+            self.sample_rate, self.channels, self.frames = self._ar.samplerate, self._ar.channels, 0
+        else:
+            self.sample_rate, self.channels, self.frames = self._sf.samplerate, self._sf.channels, self._sf.frames
+        #: Set when decoding stopped early on an error after some audio came out.
+        self.damage: str | None = None
+
+    def blocks(self, start_frame: int = 0, max_frames: int | None = None) -> Iterator[np.ndarray]:
+        """Mono float32 blocks from `start_frame`; stops (flagging damage) at a decoding error."""
+        left = max_frames if max_frames is not None else np.inf
+        reader = self._sf_blocks(start_frame, left) if self._sf is not None else self._ar_blocks(start_frame)
+        try:
+            for block in reader:
+                block = block[: int(min(len(block), left))]
+                if not np.isfinite(block).all():
+                    raise AudioError(self.path, "contains NaN or infinite samples")
+                left -= len(block)
+                yield block
+                if left <= 0:
+                    return
+        except (sf.LibsndfileError, RuntimeError, EOFError, OSError) as exc:
+            self.damage = f"decoding stopped early: {str(exc)[:120]}"
+        finally:
+            self.close()
+
+    def _sf_blocks(self, start_frame: int, limit: float) -> Iterator[np.ndarray]:
+        if start_frame:
+            self._sf.seek(min(start_frame, self.frames))
+        while limit > 0:
+            data = self._sf.read(int(min(READ_FRAMES, limit)), dtype="float32", always_2d=True)
+            if not len(data):
+                return
+            limit -= len(data)
+            yield _mono(data)
+
+    def _ar_blocks(self, start_frame: int) -> Iterator[np.ndarray]:
+        skip = start_frame
+        for buf in self._ar:
+            data = np.frombuffer(buf, dtype="<i2").astype(np.float32) / 32768.0
+            data = _mono(data.reshape(-1, self.channels))
+            if skip >= len(data):
+                skip -= len(data)
+                continue
+            yield data[skip:]
+            skip = 0
+
+    def close(self) -> None:
+        (self._sf or self._ar).close()
+
+
+def _audioread_open(path: Path, sf_error: Exception):
+    """Fallback decoder; its failure reports libsndfile's reason, the more telling one."""
+    try:
+        import audioread
+
+        return audioread.audio_open(str(path))
+    except Exception:  # noqa: BLE001 - any backend failure means "not decodable here"
+        raise AudioError(path, f"not decodable audio ({str(sf_error).splitlines()[0][:120]})") from None
+
+
+def _mono(data: np.ndarray) -> np.ndarray:
+    return data[:, 0].copy() if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+
+
+class AudioStream:
+    """Iterable of float32 mono blocks of `block_seconds` at `sr` (the last one shorter).
+
+    After iteration `damaged`, `reason`, `source_rate`, `channels` and `samples` describe the
+    file. Raises AudioError if the file yields no audio at all or contains non-finite values.
+    """
+
+    def __init__(self, path: str | Path, sr: int, block_seconds: float = 60.0):
+        self.path = Path(path)
+        self.sr = sr
+        self.block = max(1, int(round(block_seconds * sr)))
+        self.damaged = False
+        self.reason: str | None = None
+        self.samples = 0
+        self.source_rate = 0
+        self.channels = 0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        src = _Source(self.path)
+        self.source_rate, self.channels = src.sample_rate, src.channels
+        pending: list[np.ndarray] = []
+        n_pending = 0
+        for chunk in _resampled(src.blocks(), src.sample_rate, self.sr):
+            pending.append(chunk)
+            n_pending += len(chunk)
+            while n_pending >= self.block:
+                joined = np.concatenate(pending)
+                self.samples += self.block
+                yield joined[: self.block]
+                pending, n_pending = [joined[self.block :]], n_pending - self.block
+        if n_pending:
+            self.samples += n_pending
+            yield np.concatenate(pending)
+        self._finish(src)
+
+    def _finish(self, src: _Source) -> None:
+        if self.samples == 0:
+            raise AudioError(self.path, src.damage or "no audio frames (zero length)")
+        expected = src.frames * self.sr / src.sample_rate if src.frames else 0
+        if src.damage is None and expected and self.samples < expected - 1 - self.sr * 0.001:
+            src.damage = f"truncated: {self.samples / self.sr:.2f}s of {expected / self.sr:.2f}s decoded"
+        self.damaged, self.reason = src.damage is not None, src.damage
+
+
+def _resampled(blocks: Iterator[np.ndarray], in_rate: int, out_rate: int) -> Iterator[np.ndarray]:
+    """Streamed soxr resampling; a no-op at the target rate."""
+    if in_rate == out_rate:
+        yield from blocks
+        return
+    stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32")
+    for block in blocks:
+        out = stream.resample_chunk(block)
+        if len(out):
+            yield out
+    tail = stream.resample_chunk(np.zeros(0, np.float32), last=True)
+    if len(tail):
+        yield tail
+
+
+def iter_blocks(path: str | Path, sr: int, block_seconds: float = 60.0) -> AudioStream:
+    """Stream a file in bounded memory; the returned object reports damage after iteration."""
+    return AudioStream(path, sr, block_seconds)
+
+
+def load(path: str | Path, sr: int) -> np.ndarray:
+    """The whole file as float32 mono at `sr` (a damaged file: as far as it decodes)."""
+    return np.concatenate(list(iter_blocks(path, sr)))
+
+
+def read_segment(path: str | Path, sr: int, start_s: float, duration_s: float) -> np.ndarray:
+    """`duration_s` seconds from `start_s`, zero-padded to exactly round(duration_s * sr) samples.
+
+    Seeks at the native rate, so a crop of a long file costs only the crop.
+    """
+    n_out = int(round(duration_s * sr))
+    src = _Source(Path(path))
+    rate = src.sample_rate
+    start = int(round(max(0.0, start_s) * rate))
+    n_in = int(np.ceil(duration_s * rate)) + 1
+    parts = list(src.blocks(start, n_in))
+    native = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    wave = native if rate == sr else soxr.resample(native, rate, sr).astype(np.float32, copy=False)
+    out = np.zeros(n_out, np.float32)
+    out[: min(n_out, len(wave))] = wave[:n_out]
+    return out
+
+
+def probe(path: str | Path, decode: bool = True) -> AudioInfo:
+    """What a file holds; never raises. `decode` reads it through (at native rate) to find
+    damaged frames and NaNs, which the header cannot tell."""
+    path = Path(path)
+    try:
+        src = _Source(path)
+        rate, channels, frames = src.sample_rate, src.channels, src.frames
+        if decode:
+            stream = AudioStream(path, rate, block_seconds=600.0)
+            for _ in stream:
+                pass
+            frames, damaged, reason = stream.samples, stream.damaged, stream.reason
+        else:
+            src.close()
+            if frames == 0:
+                raise AudioError(path, "no audio frames (zero length)")
+            damaged, reason = False, None
+        return AudioInfo(str(path), True, reason, frames / rate, rate, channels, frames, damaged)
+    except AudioError as exc:
+        return AudioInfo(str(path), False, exc.reason, 0.0, 0, 0, 0, False)
