@@ -61,12 +61,21 @@ def stage_run(
     name: str,
     tags: Mapping[str, str] | None = None,
     parent_run_id: str | None = None,
+    run_id: str | None = None,
 ) -> Iterator[Any]:
-    """An MLflow run for one pipeline stage, tagged with its lineage and the git commit."""
+    """An MLflow run for one pipeline stage, tagged with its lineage and the git commit.
+
+    `run_id` reopens an existing run (a resumed training continues its own run).
+    """
     import mlflow
 
     experiment_id = configure(cfg)
     all_tags = {"birdpipe.stage": name, "mlflow.source.git.commit": git_commit(), **(tags or {})}
+    if run_id is not None:
+        with mlflow.start_run(run_id=run_id, nested=parent_run_id is not None) as run:
+            mlflow.set_tags(all_tags)
+            yield run
+        return
     with mlflow.start_run(
         experiment_id=experiment_id,
         run_name=name,
@@ -97,3 +106,42 @@ def log_artifacts(folder: Path, artifact_path: str | None = None) -> None:
     import mlflow
 
     mlflow.log_artifacts(str(folder), artifact_path)
+
+
+def log_dataset(frame: Any, name: str, digest: str, source: str, context: str = "training") -> None:
+    """Record a dataset the run read (`mlflow.log_input`), identified by our own content digest.
+
+    `frame` (polars or pandas) gives the schema and profile MLflow shows; large frames are fine,
+    only their summary is stored.
+    """
+    import mlflow
+
+    df = frame.to_pandas() if hasattr(frame, "to_pandas") else frame
+    dataset = mlflow.data.from_pandas(df, source=source, name=name, digest=digest[:36])
+    mlflow.log_input(dataset, context=context)
+
+
+def log_torch_model(
+    model: Any, example: Any, cfg: TrackingConfig, aliases: tuple[str, ...] = (), tags: Mapping[str, str] | None = None
+) -> tuple[str, str | None]:
+    """Log a torch module with the signature of `example -> model(example)`; register it and point
+    `aliases` at the new version when `cfg.registered_model` is set. Returns (model_uri, version).
+    """
+    import mlflow
+    import torch
+    from mlflow.models import infer_signature
+
+    with torch.no_grad():
+        output = model(torch.as_tensor(example)).cpu().numpy()
+    # Pickled, not "pt2": torch.export would freeze the example's batch size.
+    info = mlflow.pytorch.log_model(
+        model, name="model", signature=infer_signature(example, output), input_example=example,
+        serialization_format="pickle",
+    )  # fmt: skip
+    if not cfg.registered_model:
+        return info.model_uri, None
+    version = mlflow.register_model(info.model_uri, cfg.registered_model, tags=dict(tags or {})).version
+    client = mlflow.MlflowClient()
+    for alias in aliases:
+        client.set_registered_model_alias(cfg.registered_model, alias, version)
+    return info.model_uri, str(version)

@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from birdpipe.config import AugmentConfig, MelConfig, ModelConfig, TrackingConfig, TrainConfig
+from birdpipe.models import load_model
+from birdpipe.training import lr_factor, plot_history, predict_windows, select_device, train_fold
+
+CLASSES = ["sp0", "sp1", "sp2"]
+MEL = MelConfig(n_mels=32, hop_length=2560, window_seconds=5.0)  # 63 frames
+
+
+class FakeCache:
+    """In-memory stand-in with the MelCacheReader interface: each species lights its own mel band."""
+
+    def __init__(self, n_recordings: int = 12, windows_per_recording: int = 3, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        rows = []
+        for r in range(n_recordings):
+            label = CLASSES[r % len(CLASSES)]
+            for w in range(windows_per_recording):
+                rows.append((f"{label}/XC{r}.ogg", w, 5.0 * w, 5.0 * w + 5, label, []))
+        self.windows = pl.DataFrame(
+            rows, schema=["filename", "window_index", "start_seconds", "end_seconds", "primary_label", "secondary_labels"],
+            orient="row",
+        ).with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
+        self.mel_config = MEL
+        self.digest = "fake-digest-0"
+        self._x = rng.random((self.windows.height, MEL.n_mels, MEL.n_frames), dtype=np.float32) * 0.3
+        for i, label in enumerate(self.windows["primary_label"]):
+            band = CLASSES.index(label) * 10
+            self._x[i, band : band + 8] += 0.7
+
+    def mels(self, rows: np.ndarray) -> np.ndarray:
+        return self._x[np.asarray(rows)]
+
+
+def _frames(cache: FakeCache) -> tuple[pl.DataFrame, pl.DataFrame]:
+    recs = cache.windows.select("filename", "primary_label", "secondary_labels").unique("filename", maintain_order=True)
+    folds = recs.select("filename", "primary_label").with_columns(fold=pl.int_range(pl.len()) // 3 % 2)
+    metadata = recs.with_columns(rating=pl.Series([4.0, 0.0, 2.5] * (recs.height // 3)))
+    return folds, metadata
+
+
+def _cfg(**changes) -> TrainConfig:
+    base = TrainConfig(
+        model=ModelConfig(backbone="test_efficientnet", drop_rate=0.1, drop_path_rate=0.0),
+        augment=AugmentConfig(mixup_p=0.5, time_mask_p=0.5, freq_mask_p=0.5, cutmix_p=0.3),
+        epochs=3, batch_size=8, lr=3e-3, warmup_epochs=1, patience=10, device="cpu", num_workers=0,
+    )  # fmt: skip
+    return dataclasses.replace(base, **changes)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_kill_reaches_the_same_weights(tmp_path):
+    cache = FakeCache()
+    folds, metadata = _frames(cache)
+    cfg = _cfg()
+    whole = train_fold(cache, folds, metadata, CLASSES, 0, cfg, tmp_path / "whole", log=lambda m: None)
+
+    def killer(message: str) -> None:
+        if "epoch 2/3" in message:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_fold(cache, folds, metadata, CLASSES, 0, cfg, tmp_path / "resumed", log=killer)
+    messages: list[str] = []
+    resumed = train_fold(cache, folds, metadata, CLASSES, 0, cfg, tmp_path / "resumed", log=messages.append)
+
+    assert any("resuming after epoch 2" in m for m in messages)
+    assert resumed.epochs_run == whole.epochs_run == 3
+    for a, b in zip(whole.history, resumed.history):
+        assert a["train_loss"] == b["train_loss"] and a["val_score"] == b["val_score"]
+    sd_whole = torch.load(whole.last_checkpoint, weights_only=True)["model"]
+    sd_resumed = torch.load(resumed.last_checkpoint, weights_only=True)["model"]
+    for key in sd_whole:
+        torch.testing.assert_close(sd_whole[key], sd_resumed[key], rtol=0, atol=0)
+
+    again = train_fold(cache, folds, metadata, CLASSES, 0, cfg, tmp_path / "resumed", log=messages.append)
+    assert "nothing to do" in messages[-1] and again.best_score == resumed.best_score
+
+
+def test_changed_config_does_not_resume_and_best_checkpoint_loads(tmp_path):
+    cache = FakeCache()
+    folds, metadata = _frames(cache)
+    train_fold(cache, folds, metadata, CLASSES, 1, _cfg(epochs=1), tmp_path, log=lambda m: None)
+    messages: list[str] = []
+    result = train_fold(cache, folds, metadata, CLASSES, 1, _cfg(epochs=1, loss="soft_auc"), tmp_path, log=messages.append)
+    assert any("starting afresh" in m for m in messages)
+    model, meta = load_model(result.best_checkpoint)
+    assert meta["classes"] == CLASSES and meta["fold"] == 1 and meta["mel"]["n_mels"] == MEL.n_mels
+    probs = predict_windows(model, cache.mels(np.arange(5)), batch_size=2, device="cpu", clip_weight=0.75)
+    assert probs.shape == (5, 3) and np.all((probs >= 0) & (probs <= 1))
+
+
+@pytest.mark.parametrize("loss", ["weighted_bce", "focal"])
+def test_losses_train_and_learn_the_bands(tmp_path, loss):
+    cache = FakeCache()
+    folds, metadata = _frames(cache)
+    cfg = _cfg(loss=loss, epochs=4, crop="random", augment=AugmentConfig())
+    result = train_fold(cache, folds, metadata, CLASSES, 0, cfg, tmp_path, log=lambda m: None)
+    assert result.best_score > 0.6 and len(result.history) == 4
+
+
+def test_mlflow_run_holds_params_metrics_inputs_model_and_tags(tmp_path):
+    import mlflow
+
+    cache = FakeCache()
+    folds, metadata = _frames(cache)
+    tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="t", registered_model="sed-test")
+    tags = {"dagster.run_id": "abc123", "dagster.asset_key": "trained_model", "dagster.partition": "0"}
+    result = train_fold(cache, folds, metadata, CLASSES, 0, _cfg(epochs=2), tmp_path / "out", tracking=tracking, tags=tags, log=lambda m: None)
+
+    client = mlflow.MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.data.params["train.lr"] == "0.003" and run.data.params["train.model.backbone"] == "test_efficientnet"
+    assert run.data.params["mel.n_mels"] == "32" and run.data.params["fold"] == "0"
+    assert [m.step for m in client.get_metric_history(result.run_id, "val_score")] == [0, 1]
+    assert {"train_loss", "val_loss", "lr"} <= set(run.data.metrics)
+    assert run.data.tags["dagster.run_id"] == "abc123" and run.data.tags["birdpipe.fold"] == "0"
+    assert "mlflow.source.git.commit" in run.data.tags
+    inputs = {d.dataset.name: d.dataset.digest for d in run.inputs.dataset_inputs}
+    assert inputs["mel-cache-train"] == "fake-digest-0" and "folds" in inputs
+    version = client.get_model_version_by_alias("sed-test", "candidate-fold0")
+    assert str(version.version) == result.model_version and version.run_id == result.run_id
+    served = mlflow.pyfunc.load_model("models:/sed-test@candidate")
+    assert served.metadata.get_input_schema() is not None
+    probs = served.predict(cache.mels(np.arange(2)))
+    assert np.asarray(probs).shape == (2, 3)
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"checkpoint", "plots", "model_meta.json"} <= artifacts
+
+
+def test_helpers(tmp_path):
+    assert select_device("cpu").type == "cpu" and select_device("auto").type in ("cpu", "cuda", "mps")
+    assert lr_factor(0, 10, 100, 0.01) == pytest.approx(0.1)
+    assert lr_factor(10, 10, 100, 0.01) == pytest.approx(1.0)
+    assert lr_factor(100, 10, 100, 0.01) == pytest.approx(0.01)
+    png = plot_history([{"epoch": 0, "train_loss": 1.0, "val_loss": 0.9, "val_score": 0.5}], tmp_path / "h.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
