@@ -59,6 +59,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         tracking=config.tracking,
         batch_size=args.batch_size,
         use_onnx=not args.no_onnx,
+        thresholds=Path(args.thresholds) if args.thresholds else None,
+        raven=Path(args.raven) if args.raven else None,
     )
 
 
@@ -104,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default=None, help="2021, 2022 or 2023-2025 (default: config)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-onnx", action="store_true", help="run torch even when ONNX is available")
+    p.add_argument("--thresholds", default=None, help="thresholds.json for the 2021/2022 formats (default 0.5)")
+    p.add_argument("--raven", default=None, help="also write a Raven selection table per file into this folder")
     p.add_argument("--config", default=None)
     p.set_defaults(func=_cmd_predict)
     return parser

@@ -184,7 +184,7 @@ def raven_tables(
                 "Low Freq (Hz)": np.full(len(rows), float(mel_cfg.fmin)),
                 "High Freq (Hz)": np.full(len(rows), float(mel_cfg.fmax)),
                 "Species": np.array(classes, dtype=object)[cols].astype(str),
-                "Score": probs[rows, cols].round(4),
+                "Score": probs[rows, cols].astype(np.float64).round(4),
             },
             schema=RAVEN_COLUMNS,
         )
