@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.ndimage import convolve1d
-from scipy.signal import filtfilt
 
 #: dB floor of each band below its own peak before statistics (as noisereduce does).
 BAND_TOP_DB = 80.0
@@ -55,6 +54,8 @@ def stationary_mask(power: np.ndarray, valid: np.ndarray, n_std: float) -> np.nd
 
 def nonstationary_mask(power: np.ndarray, frame_rate: float, time_constant_s: float, n_mult: float, slope: float) -> np.ndarray:
     """Sigmoid of how far each cell's amplitude stands above its band's running estimate."""
+    from scipy.signal import filtfilt  # imported here: scipy.signal costs ~2 s to import
+
     amp = np.sqrt(power)
     t_frames = time_constant_s * frame_rate
     b = (np.sqrt(1 + 4 * t_frames**2) - 1) / (2 * t_frames**2)

@@ -29,13 +29,29 @@ from birdpipe.config import MelConfig
 AMIN = 1e-10
 
 
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale (librosa's default): linear below 1 kHz, logarithmic above."""
+    hz = np.asarray(hz, np.float64)
+    log_part = 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / (np.log(6.4) / 27.0)
+    return np.where(hz >= 1000.0, log_part, hz / (200.0 / 3))
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    return np.where(mel >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (mel - 15.0)), mel * (200.0 / 3))
+
+
 @lru_cache(maxsize=8)
 def mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> scipy.sparse.csr_matrix:
-    """librosa's (Slaney) filterbank [n_mels, n_fft // 2 + 1] as a sparse matrix: each bin
-    feeds at most two bands, so the projection costs ~1/60 of a dense matmul."""
-    import librosa
-
-    return scipy.sparse.csr_matrix(librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax).astype(np.float32))
+    """librosa.filters.mel (Slaney scale and area norm) [n_mels, n_fft // 2 + 1], sparse: each
+    bin feeds at most two bands, so the projection costs ~1/60 of a dense matmul. Written
+    out rather than imported because importing librosa costs seconds in every worker."""
+    fft_hz = np.linspace(0, sr / 2, 1 + n_fft // 2)
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+    ramps = edges[:, None] - fft_hz[None, :]
+    width = np.diff(edges)[:, None]
+    weights = np.maximum(0, np.minimum(-ramps[:-2] / width[:-1], ramps[2:] / width[1:]))
+    weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    return scipy.sparse.csr_matrix(weights.astype(np.float32))
 
 
 @lru_cache(maxsize=8)

@@ -1,0 +1,520 @@
+"""The mel / noise-reduced spectrogram cache: Parquet shards of fixed-shape log-mel windows.
+
+Layout of `out_root / mel-<version>/` (version = hash of MelConfig, so parameter sets
+coexist and a change unsyncs the Dagster asset):
+
+- `cache.json`: the MelConfig and version;
+- `shard-p<i>of<n>-<id>.parquet`: one row per (recording, window): filename, window_index,
+  start_seconds, end_seconds, primary_label, secondary_labels, mel (fixed-size
+  [n_mels][n_frames] float16 list); zstd; row groups of `row_group_windows` rows, the unit
+  a random read decompresses; at most about `shard_max_mb` each;
+- `index-p<i>of<n>.parquet`: one row per recording of partition i of n: its fingerprint
+  (size, mtime, content hash), status (ok / quarantined) and reason, duration, and where
+  its windows are (shard, first row).
+
+Every file is written to a temporary name and renamed, and the index is rewritten after
+each shard, so a killed build loses at most the shard in progress. A rerun skips a
+recording whose size and mtime (or, failing that, content hash) are unchanged; a changed
+or new one is recomputed; a removed one is dropped and its shard rewritten without it.
+Partitions write disjoint files, so they run concurrently in separate processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from birdpipe import audio, features
+from birdpipe.config import CacheConfig, MelConfig, from_dict, to_dict, version
+from birdpipe.manifest import imap_unordered
+from birdpipe.paths import DatasetLayout
+
+INDEX_SCHEMA = {
+    "filename": pl.String,
+    "size_bytes": pl.Int64,
+    "mtime_ns": pl.Int64,
+    "content_hash": pl.String,
+    "status": pl.String,
+    "reason": pl.String,
+    "damaged": pl.Boolean,
+    "duration_s": pl.Float64,
+    "n_windows": pl.Int64,
+    "shard": pl.String,
+    "shard_row": pl.Int64,
+    "primary_label": pl.String,
+    "secondary_labels": pl.List(pl.String),
+}
+QUARANTINE_SCHEMA = {"filename": pl.String, "path": pl.String, "reason": pl.String}
+WINDOW_COLUMNS = ["filename", "window_index", "start_seconds", "end_seconds", "primary_label", "secondary_labels"]
+LABELS = ["primary_label", "secondary_labels"]
+
+
+def cache_version(mel: MelConfig) -> str:
+    return version("mel_cache", mel)
+
+
+def cache_dir_for(out_root: Path, mel: MelConfig) -> Path:
+    return Path(out_root) / f"mel-{cache_version(mel)}"
+
+
+def partition_of(filename: str, n: int) -> int:
+    """Stable shard of a recording (not Python's salted hash)."""
+    return int.from_bytes(hashlib.blake2b(filename.encode(), digest_size=8).digest(), "big") % n
+
+
+def content_hash(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "blake2b").hexdigest()[:32]
+
+
+def digest(index: pl.DataFrame, mel: MelConfig) -> str:
+    """Content digest for lineage: parameters + what each recording was and gave (not mtimes)."""
+    cols = ["filename", "content_hash", "status", "n_windows", "primary_label", "secondary_labels"]
+    rows = index.select(cols).sort("filename").rows()
+    return hashlib.sha256(json.dumps([cache_version(mel), rows]).encode()).hexdigest()[:16]
+
+
+@dataclass
+class CacheReport:
+    cache_dir: Path
+    files: int
+    audio_seconds: float
+    windows: int
+    quarantined: pl.DataFrame
+    recomputed: int
+    reused: int
+    removed: int
+    wall_seconds: float
+    digest: str
+    #: Audio decoded and transformed by this run (the throughput's numerator).
+    computed_seconds: float = 0.0
+
+    def summary(self) -> str:
+        rate = self.computed_seconds / max(self.wall_seconds, 1e-9)
+        return (
+            f"{self.cache_dir}: {self.files} files, {self.audio_seconds:.1f} s audio, {self.windows} windows, "
+            f"{self.quarantined.height} quarantined; recomputed {self.recomputed}, reused {self.reused}, "
+            f"removed {self.removed}; {self.wall_seconds:.1f} s wall, {rate:.0f} audio-s/s"
+        )
+
+
+# --- atomic files -------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """`write` a temporary sibling, then rename: readers never see a half file."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_table(path: Path, table: pa.Table, cache: CacheConfig) -> None:
+    _atomic_write(
+        path,
+        lambda tmp: pq.write_table(
+            table, tmp, compression="zstd", compression_level=cache.zstd_level, row_group_size=cache.row_group_windows
+        ),
+    )
+
+
+# --- worker ----------------------------------------------------------------------------------
+
+
+def _compute(job: tuple[str, str, dict]) -> dict[str, Any]:
+    """One recording, in a worker: streamed decode -> log-mel windows (float16), or why not."""
+    filename, path, mel_dict = job
+    mel = from_dict(MelConfig, mel_dict)
+    out: dict[str, Any] = {"filename": filename, "damaged": False, "reason": None}
+    try:
+        out["content_hash"] = content_hash(Path(path))
+        stream = audio.iter_blocks(path, mel.sample_rate, mel.noise_chunk_seconds)
+        chunks = list(features.stream_log_mel_windows(stream, mel))
+        out["mels"] = np.concatenate([c[0] for c in chunks]).astype(mel.dtype)
+        out["starts"] = np.concatenate([c[1] for c in chunks])
+        out.update(status="ok", damaged=stream.damaged, reason=stream.reason, duration_s=stream.samples / mel.sample_rate)
+    except audio.AudioError as exc:
+        out.update(status="quarantined", reason=exc.reason)
+    except Exception as exc:  # noqa: BLE001 - one file must never stop the build
+        out.update(status="quarantined", reason=f"{type(exc).__name__}: {exc}"[:200])
+    return out
+
+
+# --- shards ---------------------------------------------------------------------------------
+
+
+def _mel_array(mels: np.ndarray) -> pa.Array:
+    """[n, n_mels, n_frames] -> fixed-size list of fixed-size list (polars: Array(n_mels, n_frames))."""
+    n, n_mels, n_frames = mels.shape
+    flat = pa.array(np.ascontiguousarray(mels).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(pa.FixedSizeListArray.from_arrays(flat, n_frames), n_mels)
+
+
+def _window_table(results: list[dict], labels: dict[str, tuple], mel: MelConfig) -> pa.Table:
+    names, index, starts = [], [], []
+    for r in results:
+        k = len(r["starts"])
+        names += [r["filename"]] * k
+        index.append(np.arange(k))
+        starts.append(r["starts"])
+    starts = np.concatenate(starts)
+    prim = [labels[f][0] for f in names]
+    sec = [labels[f][1] for f in names]
+    return pa.table(
+        {
+            "filename": pa.array(names, pa.string()),
+            "window_index": pa.array(np.concatenate(index).astype(np.int32)),
+            "start_seconds": pa.array(starts),
+            "end_seconds": pa.array(starts + mel.window_seconds),
+            "primary_label": pa.array(prim, pa.string()),
+            "secondary_labels": pa.array(sec, pa.list_(pa.string())),
+            "mel": _mel_array(np.concatenate([r["mels"] for r in results])),
+        }
+    )
+
+
+class _Builder:
+    """State of one partition's build: its index (a dict by filename) and its shard files."""
+
+    def __init__(self, cache_dir: Path, part: tuple[int, int], mel: MelConfig, cache: CacheConfig, log):
+        self.dir, self.mel, self.cache, self.log = cache_dir, mel, cache, log
+        self.prefix = f"p{part[0]}of{part[1]}"
+        self.index_path = cache_dir / f"index-{self.prefix}.parquet"
+        self.entries: dict[str, dict] = (
+            {r["filename"]: r for r in pl.read_parquet(self.index_path).iter_rows(named=True)}
+            if self.index_path.exists()
+            else {}
+        )
+        #: (size, mtime) of recordings to compute, entered in the index only with their result,
+        #: so a build killed midway cannot make a stale entry look fresh.
+        self.stats: dict[str, tuple[int, int]] = {}
+
+    def save_index(self) -> None:
+        df = pl.DataFrame(list(self.entries.values()), schema=INDEX_SCHEMA)
+        _write_table(self.index_path, df.to_arrow(), self.cache)
+
+    def write_shard(self, table: pa.Table) -> str:
+        name = f"shard-{self.prefix}-{uuid.uuid4().hex[:12]}.parquet"
+        _write_table(self.dir / name, table, self.cache)
+        return name
+
+    def flush(self, results: list[dict], labels: dict[str, tuple]) -> None:
+        """Write computed recordings as one shard, then point the index at it."""
+        with_windows = [r for r in results if r["status"] == "ok"]
+        name = self.write_shard(_window_table(with_windows, labels, self.mel)) if with_windows else None
+        row = 0
+        for r in results:
+            e = self.entries[r["filename"]]
+            n = len(r["starts"]) if r["status"] == "ok" else 0
+            e.update(
+                size_bytes=self.stats[r["filename"]][0],
+                mtime_ns=self.stats[r["filename"]][1],
+                content_hash=r.get("content_hash"),
+                status=r["status"],
+                reason=r["reason"],
+                damaged=r["damaged"],
+                duration_s=r.get("duration_s"),
+                n_windows=n,
+                shard=name if n else None,
+                shard_row=row if n else None,
+            )
+            row += n
+        self.save_index()
+
+    def compact(self) -> None:
+        """Rewrite shards holding rows the index no longer points at (removed, recomputed or
+        relabelled recordings), copying mels without recomputing; delete unreferenced files."""
+        live = pl.DataFrame(list(self.entries.values()), schema=INDEX_SCHEMA).filter(pl.col("shard").is_not_null())
+        for path in sorted(self.dir.glob(f"shard-{self.prefix}-*.parquet")):
+            mine = live.filter(pl.col("shard") == path.name)
+            if mine.is_empty():
+                path.unlink()
+                continue
+            windows = pl.read_parquet(path, columns=WINDOW_COLUMNS[:2] + LABELS).with_row_index("row")
+            want = windows.join(
+                mine.select("filename", "shard_row", "n_windows", *LABELS), on="filename", how="inner", suffix="_new"
+            ).filter(pl.col("row").is_between(pl.col("shard_row"), pl.col("shard_row") + pl.col("n_windows") - 1)).sort("row")
+            stale_labels = want.filter(
+                (pl.col("primary_label") != pl.col("primary_label_new"))
+                | (pl.col("secondary_labels") != pl.col("secondary_labels_new"))
+            )
+            if want.height == windows.height and stale_labels.is_empty():
+                continue
+            table = pq.read_table(path).take(pa.array(want["row"].to_numpy()))
+            table = table.set_column(
+                table.schema.get_field_index("primary_label"), "primary_label", pa.array(want["primary_label_new"].to_list(), pa.string())
+            ).set_column(
+                table.schema.get_field_index("secondary_labels"),
+                "secondary_labels",
+                pa.array(want["secondary_labels_new"].to_list(), pa.list_(pa.string())),
+            )
+            name = self.write_shard(table)
+            starts = want.with_row_index("new_row").group_by("filename").agg(pl.col("new_row").min())
+            for filename, new_row in starts.iter_rows():
+                self.entries[filename].update(shard=name, shard_row=new_row)
+            self.save_index()
+            path.unlink()
+        for tmp in self.dir.glob(f".*-{self.prefix}*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns) if path.is_file() else None
+
+
+def _plan(builder: _Builder, recs: pl.DataFrame, audio_root: Path) -> tuple[list[str], int, int]:
+    """Update index entries from the recordings; return (to compute, reused, removed)."""
+    todo, reused = [], 0
+    wanted = set(recs["filename"].to_list())
+    removed = [f for f in builder.entries if f not in wanted]
+    for f in removed:
+        del builder.entries[f]
+    for filename, primary, secondary in recs.select("filename", *LABELS).iter_rows():
+        path = audio_root / filename
+        stat = _stat(path)
+        old = builder.entries.get(filename)
+        e = builder.entries.setdefault(filename, {**dict.fromkeys(INDEX_SCHEMA), "filename": filename})
+        e.update(primary_label=primary, secondary_labels=list(secondary or []))
+        if stat is None:
+            e.update(size_bytes=None, mtime_ns=None, content_hash=None, status="quarantined", reason="missing",
+                     n_windows=0, shard=None, shard_row=None)  # fmt: skip
+            continue
+        same = old is not None and (old["size_bytes"], old["mtime_ns"]) == stat
+        if not same and old is not None and old["content_hash"] and old["size_bytes"] == stat[0]:
+            same = content_hash(path) == old["content_hash"]  # touched, not changed
+        if same:
+            e.update(size_bytes=stat[0], mtime_ns=stat[1])
+            reused += 1
+        else:
+            builder.stats[filename] = stat
+            todo.append(filename)
+    return todo, reused, len(removed)
+
+
+def build_mel_cache(
+    recordings: pl.DataFrame,
+    audio_root: Path,
+    out_root: Path,
+    mel: MelConfig,
+    cache: CacheConfig,
+    partition: tuple[int, int] | None = None,
+    log: Callable[[str], None] = print,
+) -> CacheReport:
+    """Build or update the cache of `recordings` (or of shard `partition=(i, n)` of them)."""
+    t0 = time.perf_counter()
+    audio_root = Path(audio_root)
+    cache_dir = cache_dir_for(out_root, mel)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    meta = cache_dir / "cache.json"
+    if not meta.exists():
+        _atomic_write(meta, lambda tmp: tmp.write_text(json.dumps({"version": cache_version(mel), "mel": to_dict(mel)}, indent=2)))
+    i, n = partition or (0, 1)
+    recs = recordings.unique("filename", keep="first", maintain_order=True)
+    if n > 1:
+        recs = recs.filter(pl.col("filename").map_elements(lambda f: partition_of(f, n) == i, return_dtype=pl.Boolean))
+    builder = _Builder(cache_dir, (i, n), mel, cache, log)
+    todo, reused, removed = _plan(builder, recs, audio_root)
+    log(f"mel cache {cache_dir.name} [{builder.prefix}]: {len(todo)} to compute, {reused} reused, {removed} removed")
+    labels = {f: (e["primary_label"], e["secondary_labels"]) for f, e in builder.entries.items()}
+    computed = _compute_all(builder, todo, audio_root, labels)
+    builder.compact()
+    builder.save_index()
+    if n == 1:
+        _drop_other_partitionings(cache_dir, builder.prefix)
+    index = pl.DataFrame(list(builder.entries.values()), schema=INDEX_SCHEMA)
+    ok = index.filter(pl.col("status") == "ok")
+    bad = index.filter(pl.col("status") == "quarantined")
+    quarantined = bad.select("filename", pl.col("filename").map_elements(lambda f: str(audio_root / f), return_dtype=pl.String).alias("path"), "reason")
+    return CacheReport(
+        cache_dir=cache_dir,
+        files=index.height,
+        audio_seconds=float(ok["duration_s"].sum()),
+        windows=int(ok["n_windows"].sum()),
+        quarantined=quarantined.cast(QUARANTINE_SCHEMA) if bad.height else pl.DataFrame(schema=QUARANTINE_SCHEMA),
+        recomputed=len(todo),
+        reused=reused,
+        removed=removed,
+        wall_seconds=time.perf_counter() - t0,
+        digest=digest(index, mel),
+        computed_seconds=computed,
+    )
+
+
+def _compute_all(builder: _Builder, todo: list[str], audio_root: Path, labels: dict[str, tuple]) -> float:
+    """Compute `todo` in the process pool (largest first), flushing shards of bounded size."""
+    by_size = sorted(todo, key=lambda f: -builder.stats[f][0])
+    mel_dict = to_dict(builder.mel)
+    jobs = ((f, str(audio_root / f), mel_dict) for f in by_size)
+    limit = builder.cache.shard_max_mb * 2**20
+    pending: list[dict] = []
+    size = seconds = 0.0
+    for done, r in enumerate(imap_unordered(_compute, jobs, builder.cache.workers), 1):
+        pending.append(r)
+        if r["status"] == "ok":
+            size += r["mels"].nbytes
+            seconds += r["duration_s"]
+        else:
+            builder.log(f"quarantined {r['filename']}: {r['reason']}")
+        if size >= limit:
+            builder.flush(pending, labels)
+            pending, size = [], 0.0
+        if done % 100 == 0:
+            builder.log(f"  {done}/{len(todo)} recordings")
+    if pending:
+        builder.flush(pending, labels)
+    return seconds
+
+
+def _drop_other_partitionings(cache_dir: Path, keep: str) -> None:
+    """A whole build owns the cache: files of another partition count are stale."""
+    for path in [*cache_dir.glob("index-*.parquet"), *cache_dir.glob("shard-*.parquet")]:
+        if f"-{keep}" not in path.name:
+            path.unlink(missing_ok=True)
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def current_index(cache_dir: Path) -> pl.DataFrame:
+    """All partitions' index entries of the most recently written partition count."""
+    files = list(Path(cache_dir).glob("index-p*of*.parquet"))
+    if not files:
+        return pl.DataFrame(schema=INDEX_SCHEMA)
+    newest = max(files, key=lambda p: p.stat().st_mtime_ns)
+    count = newest.name.split("of")[1].split(".")[0]
+    return pl.concat([pl.read_parquet(p) for p in files if p.name.endswith(f"of{count}.parquet")]).sort("filename")
+
+
+class MelCacheReader:
+    """Random access to the cache's windows for training and evaluation.
+
+    `windows` lists every window (row 0..N-1, sorted by filename and window); `mels(rows)`
+    decodes only the row groups holding `rows`, keeping recent ones in a per-process LRU of
+    `lru_mb`. Open Parquet files are not pickled: DataLoader workers reopen them lazily.
+    """
+
+    def __init__(self, cache_dir: str | Path, lru_mb: int = 256):
+        self.cache_dir = Path(cache_dir)
+        meta = self.cache_dir / "cache.json"
+        if not meta.exists():
+            raise FileNotFoundError(f"{self.cache_dir}: not a mel cache (no cache.json)")
+        self.mel_config: MelConfig = from_dict(MelConfig, json.loads(meta.read_text())["mel"])
+        self.index = current_index(self.cache_dir)
+        self.digest = digest(self.index, self.mel_config)
+        self.windows, self._shards, self._shard_of, self._row_of = self._load_windows()
+        self._lru_bytes = lru_mb * 2**20
+        self._files: dict[int, pq.ParquetFile] = {}
+        self._groups: dict[int, np.ndarray] = {}
+        self._lru: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+
+    def _load_windows(self):
+        ok = self.index.filter(pl.col("status") == "ok")
+        shards = sorted(ok["shard"].unique().to_list())
+        parts = []
+        for sid, name in enumerate(shards):
+            cols = pl.read_parquet(self.cache_dir / name, columns=WINDOW_COLUMNS).with_row_index("_row")
+            refs = ok.filter(pl.col("shard") == name).select("filename", "shard_row", "n_windows")
+            cols = cols.join(refs, on="filename").filter(
+                (pl.col("_row") >= pl.col("shard_row")) & (pl.col("_row") < pl.col("shard_row") + pl.col("n_windows"))
+            )
+            parts.append(cols.drop("shard_row", "n_windows").with_columns(pl.lit(sid, pl.Int32).alias("_shard")))
+        if not parts:
+            empty = pl.DataFrame(schema={"row": pl.Int64, "filename": pl.String, "window_index": pl.Int32,
+                                         "start_seconds": pl.Float64, "end_seconds": pl.Float64,
+                                         "primary_label": pl.String, "secondary_labels": pl.List(pl.String)})  # fmt: skip
+            return empty, shards, np.zeros(0, np.int32), np.zeros(0, np.int64)
+        df = pl.concat(parts).sort("filename", "window_index").with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
+        windows = df.select("row", *WINDOW_COLUMNS)
+        return windows, shards, df["_shard"].to_numpy(), df["_row"].cast(pl.Int64).to_numpy()
+
+    def __len__(self) -> int:
+        return self.windows.height
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.update(_files={}, _groups={}, _lru=OrderedDict())
+        return state
+
+    def mels(self, rows: Iterable[int] | np.ndarray) -> np.ndarray:
+        """float32 [len(rows), n_mels, n_frames], in the order of `rows`."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        cfg = self.mel_config
+        out = np.empty((len(rows), cfg.n_mels, cfg.n_frames), np.float32)
+        shard, srow = self._shard_of[rows], self._row_of[rows]
+        for sid in np.unique(shard):
+            sel = np.nonzero(shard == sid)[0]
+            starts = self._group_starts(int(sid))
+            group = np.searchsorted(starts, srow[sel], side="right") - 1
+            for g in np.unique(group):
+                in_group = sel[group == g]
+                out[in_group] = self._row_group(int(sid), int(g))[srow[in_group] - starts[g]]
+        return out
+
+    def _group_starts(self, sid: int) -> np.ndarray:
+        if sid not in self._groups:
+            meta = self._file(sid).metadata
+            self._groups[sid] = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])[:-1]
+        return self._groups[sid]
+
+    def _file(self, sid: int) -> pq.ParquetFile:
+        if sid not in self._files:
+            self._files[sid] = pq.ParquetFile(self.cache_dir / self._shards[sid])
+        return self._files[sid]
+
+    def _row_group(self, sid: int, g: int) -> np.ndarray:
+        key = (sid, g)
+        if key in self._lru:
+            self._lru.move_to_end(key)
+            return self._lru[key]
+        col = self._file(sid).read_row_group(g, columns=["mel"]).column(0).combine_chunks()
+        cfg = self.mel_config
+        mels = col.flatten().flatten().to_numpy(zero_copy_only=False).reshape(-1, cfg.n_mels, cfg.n_frames)
+        self._lru[key] = mels
+        while sum(m.nbytes for m in self._lru.values()) > self._lru_bytes and len(self._lru) > 1:
+            self._lru.popitem(last=False)
+        return mels
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+def _read_recordings(layout: DatasetLayout) -> pl.DataFrame:
+    """Validated metadata when the taxonomy is there, else a plain read of the CSV."""
+    from birdpipe import metadata
+
+    if layout.taxonomy.exists():
+        return metadata.load_train_metadata(layout.train_metadata, metadata.load_taxonomy(layout.taxonomy)).recordings
+    df = metadata.read_csv(layout.train_metadata, metadata.REQUIRED_METADATA)
+    secondary = df["secondary_labels"] if "secondary_labels" in df.columns else [None] * df.height
+    return df.with_columns(pl.Series("secondary_labels", [metadata.parse_list_literal(s) for s in secondary], pl.List(pl.String)))
+
+
+def build_mel_cache_cli(data_root: Path, out: Path, mel: MelConfig, cache: CacheConfig, limit: int | None) -> int:
+    layout = DatasetLayout(Path(data_root))
+    recordings = _read_recordings(layout)
+    if limit:
+        recordings = recordings.head(limit)
+    report = build_mel_cache(recordings, layout.train_audio, Path(out), mel, cache)
+    print(report.summary())
+    for filename, _, reason in report.quarantined.iter_rows():
+        print(f"  quarantined {filename}: {reason}")
+    return 0
