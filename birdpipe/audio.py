@@ -9,6 +9,7 @@ file that yields no usable audio raises `AudioError` with the reason, for quaran
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-#: Native-rate frames decoded per read: large enough to amortise calls, small in memory.
-READ_FRAMES = 1 << 18
+#: Native-rate frames per read: amortises calls; small so a damaged file loses little.
+READ_FRAMES = 1 << 16
 
 
 class AudioError(Exception):
@@ -108,7 +109,9 @@ class _Source:
 def _audioread_open(path: Path, sf_error: Exception):
     """Fallback decoder; its failure reports libsndfile's reason, the more telling one."""
     try:
-        import audioread
+        with warnings.catch_warnings():  # audioread imports modules deprecated in Python 3.13
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import audioread
 
         return audioread.audio_open(str(path))
     except Exception:  # noqa: BLE001 - any backend failure means "not decodable here"

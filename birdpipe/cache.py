@@ -144,8 +144,8 @@ def _compute(job: tuple[str, str, dict]) -> dict[str, Any]:
     try:
         out["content_hash"] = content_hash(Path(path))
         stream = audio.iter_blocks(path, mel.sample_rate, mel.noise_chunk_seconds)
-        chunks = list(features.stream_log_mel_windows(stream, mel))
-        out["mels"] = np.concatenate([c[0] for c in chunks]).astype(mel.dtype)
+        chunks = [(m.astype(mel.dtype), s) for m, s in features.stream_log_mel_windows(stream, mel)]
+        out["mels"] = np.concatenate([c[0] for c in chunks])
         out["starts"] = np.concatenate([c[1] for c in chunks])
         out.update(status="ok", damaged=stream.damaged, reason=stream.reason, duration_s=stream.samples / mel.sample_rate)
     except audio.AudioError as exc:
@@ -485,9 +485,10 @@ class MelCacheReader:
         if key in self._lru:
             self._lru.move_to_end(key)
             return self._lru[key]
-        col = self._file(sid).read_row_group(g, columns=["mel"]).column(0).combine_chunks()
-        cfg = self.mel_config
-        mels = col.flatten().flatten().to_numpy(zero_copy_only=False).reshape(-1, cfg.n_mels, cfg.n_frames)
+        values = self._file(sid).read_row_group(g, columns=["mel"]).column(0).combine_chunks().flatten().flatten()
+        dtype = np.dtype(self.mel_config.dtype)  # read the buffer: to_numpy() boxes float16 values
+        flat = np.frombuffer(values.buffers()[1], dtype, count=len(values), offset=values.offset * dtype.itemsize)
+        mels = flat.reshape(-1, self.mel_config.n_mels, self.mel_config.n_frames)
         self._lru[key] = mels
         while sum(m.nbytes for m in self._lru.values()) > self._lru_bytes and len(self._lru) > 1:
             self._lru.popitem(last=False)

@@ -85,7 +85,7 @@ class CacheConfig:
     #: Dagster partitions of the cache (a backfill fans out over them).
     partitions: int = 1
     #: Windows per Parquet row group: the unit a random read decompresses.
-    row_group_windows: int = 16
+    row_group_windows: int = 8
 
 
 @dataclass(frozen=True)

@@ -53,13 +53,20 @@ def stationary_mask(power: np.ndarray, valid: np.ndarray, n_std: float) -> np.nd
 
 
 def nonstationary_mask(power: np.ndarray, frame_rate: float, time_constant_s: float, n_mult: float, slope: float) -> np.ndarray:
-    """Sigmoid of how far each cell's amplitude stands above its band's running estimate."""
-    from scipy.signal import filtfilt  # imported here: scipy.signal costs ~2 s to import
+    """Sigmoid of how far each cell's amplitude stands above its band's running estimate.
+
+    noisereduce's forward-backward IIR low-pass, started from each band's median rather
+    than from its first frame: a window can begin mid-call, and a floor started on the call
+    would gate the call out."""
+    from scipy.signal import lfilter, lfilter_zi  # imported here: scipy.signal costs ~2 s to import
 
     amp = np.sqrt(power)
     t_frames = time_constant_s * frame_rate
     b = (np.sqrt(1 + 4 * t_frames**2) - 1) / (2 * t_frames**2)
-    floor = filtfilt([b], [1, b - 1], amp, axis=-1, padtype=None) + _EPS
+    coeffs = ([b], [1, b - 1])
+    zi = lfilter_zi(*coeffs)[0] * np.median(amp, axis=-1, keepdims=True)
+    forward = lfilter(*coeffs, amp, axis=-1, zi=zi)[0]
+    floor = lfilter(*coeffs, forward[..., ::-1], axis=-1, zi=zi)[0][..., ::-1] + _EPS
     return (1.0 / (1.0 + np.exp(-((amp - floor) / floor - n_mult) * slope))).astype(np.float32)
 
 
