@@ -113,7 +113,7 @@ def _audioread_open(path: Path, sf_error: Exception):
             warnings.simplefilter("ignore", DeprecationWarning)
             import audioread
 
-        return audioread.audio_open(str(path))
+            return audioread.audio_open(str(path))
     except Exception:  # noqa: BLE001 - any backend failure means "not decodable here"
         raise AudioError(path, f"not decodable audio ({str(sf_error).splitlines()[0][:120]})") from None
 

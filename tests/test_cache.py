@@ -1,0 +1,233 @@
+import dataclasses
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+
+from birdpipe import audio, cache, features
+from birdpipe.config import CacheConfig, MelConfig
+
+SR = 32000
+MEL = MelConfig(n_mels=32, n_fft=512, hop_length=256)
+ONE = CacheConfig(workers=1, shard_max_mb=1)
+
+
+def _write(root: Path, name: str, seconds: float, seed: int, sr: int = SR, channels: int = 1) -> None:
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wave = np.random.default_rng(seed).uniform(-0.3, 0.3, (int(seconds * sr), channels)).astype(np.float32)
+    sf.write(path, wave, sr)
+
+
+def _dataset(root: Path) -> pl.DataFrame:
+    """Six good recordings of mixed formats, rates and channels, and four bad files."""
+    good = [("aaa/a1.ogg", 12.0, SR, 1), ("aaa/a2.flac", 3.0, 44100, 2), ("bbb/b1.wav", 21.0, SR, 1),
+            ("bbb/b2.ogg", 7.0, 48000, 1), ("ccc/c1.flac", 5.0, SR, 1), ("ccc/c2.wav", 9.5, 22050, 1)]  # fmt: skip
+    for i, (name, seconds, sr, ch) in enumerate(good):
+        _write(root, name, seconds, i, sr, ch)
+    (root / "ddd").mkdir()
+    (root / "ddd/empty.ogg").write_bytes(b"")
+    (root / "ddd/text.ogg").write_text("not audio")
+    nan = np.zeros(SR, np.float32)
+    nan[10] = np.nan
+    sf.write(root / "ddd/nan.wav", nan, SR, subtype="FLOAT")
+    names = [g[0] for g in good] + ["ddd/empty.ogg", "ddd/text.ogg", "ddd/nan.wav", "ddd/missing.ogg"]
+    return pl.DataFrame(
+        {
+            "filename": names,
+            "primary_label": [n.split("/")[0] for n in names],
+            "secondary_labels": [["bbb"] if n.startswith("aaa") else [] for n in names],
+            "rating": [4.0] * len(names),  # extra columns are ignored
+        }
+    )
+
+
+@pytest.fixture
+def data(tmp_path):
+    root = tmp_path / "audio"
+    return root, _dataset(root), tmp_path / "cache"
+
+
+def _build(data, recs=None, mel=MEL, cfg=ONE, **kw):
+    root, recordings, out = data
+    return cache.build_mel_cache(recordings if recs is None else recs, root, out, mel, cfg, log=lambda _: None, **kw)
+
+
+def test_build_quarantines_bad_files_and_caches_the_rest(data):
+    report = _build(data)
+    reasons = dict(report.quarantined.select("filename", "reason").iter_rows())
+    assert set(reasons) == {"ddd/empty.ogg", "ddd/text.ogg", "ddd/nan.wav", "ddd/missing.ogg"}
+    assert "empty" in reasons["ddd/empty.ogg"] and "NaN" in reasons["ddd/nan.wav"]
+    assert "not decodable" in reasons["ddd/text.ogg"] and reasons["ddd/missing.ogg"] == "missing"
+    assert report.quarantined["path"][0].endswith(report.quarantined["filename"][0])
+    # 12 s -> 3 (tail 2 s), 3 s -> 1, 21 s -> 5 (tail 1 s), 7 s -> 2, 5 s -> 1, 9.5 s -> 2
+    assert report.windows == 14 and report.files == 10 and report.recomputed == 9  # not the missing one
+    assert report.audio_seconds == pytest.approx(57.5, abs=0.01)
+    assert report.cache_dir.name == f"mel-{cache.cache_version(MEL)}"
+    assert "4 quarantined" in report.summary()
+
+
+def test_reader_returns_the_windows_and_mels_of_the_fast_path(data):
+    root, _, _ = data
+    report = _build(data)
+    reader = cache.MelCacheReader(report.cache_dir)
+    assert len(reader) == 14 and reader.windows["row"].to_list() == list(range(14))
+    assert reader.mel_config == MEL and reader.digest == report.digest
+    a2 = reader.windows.filter(pl.col("filename") == "aaa/a2.flac")
+    assert a2["secondary_labels"].to_list() == [["bbb"]] and a2["end_seconds"].to_list() == [5.0]
+    b1 = reader.windows.filter(pl.col("filename") == "bbb/b1.wav")
+    assert b1["start_seconds"].to_list() == [0.0, 5.0, 10.0, 15.0, 20.0]
+    expected, _ = features.log_mel_windows(audio.load(root / "bbb/b1.wav", SR), MEL)
+    rows = b1["row"].to_numpy()[::-1]  # any order
+    np.testing.assert_allclose(reader.mels(rows), expected[::-1], atol=2e-3)  # float16 storage
+    clone = pickle.loads(pickle.dumps(reader))
+    np.testing.assert_array_equal(clone.mels([0, 13, 5]), reader.mels([0, 13, 5]))
+
+
+def test_shards_are_bounded_and_fixed_shape(data):
+    report = _build(data, cfg=dataclasses.replace(ONE, shard_max_mb=1, row_group_windows=2))
+    shards = sorted(report.cache_dir.glob("shard-*.parquet"))
+    assert shards
+    table = pq.read_table(shards[0])
+    mel_type = table.schema.field("mel").type
+    assert (mel_type.list_size, mel_type.value_type.list_size, str(mel_type.value_type.value_type)) == (32, 626, "halffloat")
+    meta = pq.ParquetFile(shards[0]).metadata
+    assert meta.row_group(0).column(0).compression == "ZSTD" and meta.row_group(0).num_rows <= 2
+    assert pl.read_parquet(shards[0]).schema["mel"] == pl.Array(pl.Float16, (32, 626))
+
+
+def test_rerun_recomputes_nothing(data):
+    first = _build(data)
+    again = _build(data)
+    assert (again.recomputed, again.reused, again.removed) == (0, 9, 0)  # the missing file is not reused
+    assert again.digest == first.digest and again.windows == first.windows
+    assert again.quarantined.height == 4
+
+
+def test_only_changed_new_and_removed_recordings_are_touched(data):
+    root, recs, _ = data
+    first = _build(data)
+    _write(root, "bbb/b1.wav", 6.0, seed=99)  # changed content and size
+    os.utime(root / "ccc/c1.flac", ns=(1, 1))  # touched only: same content
+    _write(root, "eee/e1.flac", 4.0, seed=7)  # new
+    recs = pl.concat([recs.filter(pl.col("filename") != "aaa/a1.ogg"),
+                      pl.DataFrame({"filename": ["eee/e1.flac"], "primary_label": ["eee"], "secondary_labels": [[]],
+                                    "rating": [3.0]})])  # fmt: skip
+    report = _build(data, recs)
+    assert (report.recomputed, report.removed) == (2, 1)  # b1 and e1
+    assert report.reused == 4 + 3  # c1, a2, b2, c2 and the unchanged bad files and report.digest != first.digest
+    reader = cache.MelCacheReader(report.cache_dir)
+    counts = dict(reader.windows.group_by("filename").len().iter_rows())
+    assert counts["bbb/b1.wav"] == 2 and counts["eee/e1.flac"] == 1 and "aaa/a1.ogg" not in counts
+    on_disk = pl.concat([pl.read_parquet(p, columns=["filename"]) for p in report.cache_dir.glob("shard-*.parquet")])
+    assert "aaa/a1.ogg" not in on_disk["filename"].to_list()  # gone from the files, not just hidden
+    assert on_disk.height == len(reader)
+
+
+def test_quarantined_files_are_retried_only_when_they_change(data):
+    root, _, _ = data
+    _build(data)
+    assert _build(data).recomputed == 0
+    _write(root, "ddd/text.ogg", 2.0, seed=3)
+    fixed = _build(data)
+    assert "ddd/text.ogg" not in fixed.quarantined["filename"].to_list() and fixed.quarantined.height == 3
+
+
+def test_relabelling_rewrites_labels_without_recomputing(data):
+    _, recs, _ = data
+    _build(data)
+    relabelled = recs.with_columns(pl.when(pl.col("filename") == "ccc/c1.flac").then(pl.lit("zzz"))
+                                   .otherwise(pl.col("primary_label")).alias("primary_label"))  # fmt: skip
+    report = _build(data, relabelled)
+    assert report.recomputed == 0
+    reader = cache.MelCacheReader(report.cache_dir)
+    assert reader.windows.filter(pl.col("filename") == "ccc/c1.flac")["primary_label"].to_list() == ["zzz"]
+
+
+def test_parameters_version_the_cache_and_coexist(data):
+    base = cache.cache_version(MEL)
+    for change in [dict(n_mels=64), dict(hop_length=128), dict(noise_reduce=False), dict(noise_mode="nonstationary"),
+                   dict(window_seconds=10.0), dict(stride_seconds=2.5), dict(dtype="float32"), dict(top_db=60.0),
+                   dict(sample_rate=22050), dict(fmin=20.0), dict(fmax=12000.0), dict(n_fft=1024)]:  # fmt: skip
+        assert cache.cache_version(dataclasses.replace(MEL, **change)) != base, change
+    a = _build(data)
+    b = _build(data, mel=dataclasses.replace(MEL, noise_reduce=False), cfg=dataclasses.replace(ONE, zstd_level=9))
+    assert a.cache_dir != b.cache_dir and a.cache_dir.exists() and b.cache_dir.exists()
+    assert b.recomputed == 9 and a.digest != b.digest
+    assert _build(data).recomputed == 0  # the first set is intact
+
+
+def test_atomic_write_leaves_old_file_and_no_temp_on_failure(tmp_path):
+    target = tmp_path / "x.parquet"
+    target.write_text("old")
+
+    def fails(tmp):
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        cache._atomic_write(target, fails)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["x.parquet"]
+
+
+def test_killed_build_leaves_readable_cache_and_resumes(data, monkeypatch):
+    calls = {"n": 0}
+    real = cache._compute
+
+    def dies_on_the_fourth(job):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt  # like a kill between shards
+        return real(job)
+
+    monkeypatch.setattr(cache, "_compute", dies_on_the_fourth)
+    tiny = dataclasses.replace(ONE, shard_max_mb=0)  # flush after every recording
+    with pytest.raises(KeyboardInterrupt):
+        _build(data, cfg=tiny)
+    cache_dir = cache.cache_dir_for(data[2], MEL)
+    assert not list(cache_dir.glob(".*tmp"))
+    partial = cache.MelCacheReader(cache_dir)
+    assert 0 < partial.index.height and len(partial) > 0  # what was flushed is usable
+    monkeypatch.setattr(cache, "_compute", real)
+    report = _build(data, cfg=tiny)
+    assert report.recomputed == 9 - 3 and report.windows == 14
+
+
+def test_partitions_build_disjoint_shards_that_add_up_to_the_whole(data):
+    whole = _build(data)
+    reader_whole = cache.MelCacheReader(whole.cache_dir)
+    parts = [_build(data, partition=(i, 3)) for i in range(3)]
+    assert sum(p.files for p in parts) == 10 and sum(p.windows for p in parts) == 14
+    assert len({f for p in parts for f in p.quarantined["filename"]}) == 4
+    assert list(whole.cache_dir.glob("index-p0of1*"))  # left alone; the reader takes the newest count
+    reader = cache.MelCacheReader(whole.cache_dir)
+    assert reader.windows.drop("row").equals(reader_whole.windows.drop("row"))
+    assert reader.digest == reader_whole.digest
+    np.testing.assert_array_equal(reader.mels(np.arange(14)), reader_whole.mels(np.arange(14)))
+
+
+def test_process_pool_gives_the_same_cache(data):
+    serial = _build(data)
+    root, recs, out = data
+    pooled = cache.build_mel_cache(recs, root, out / "pool", MEL, dataclasses.replace(ONE, workers=2), log=lambda _: None)
+    assert pooled.digest == serial.digest
+    a, b = cache.MelCacheReader(serial.cache_dir), cache.MelCacheReader(pooled.cache_dir)
+    np.testing.assert_array_equal(a.mels(np.arange(14)), b.mels(np.arange(14)))
+
+
+def test_cli_prints_the_summary(tmp_path, capsys):
+    root = tmp_path / "ds"
+    recs = _dataset(root / "train_audio")
+    literals = pl.Series("secondary_labels", [str(list(x)) for x in recs["secondary_labels"]])
+    recs.with_columns(literals).drop("rating").write_csv(root / "train_metadata.csv")
+    code = cache.build_mel_cache_cli(root, tmp_path / "out", MEL, ONE, limit=3)
+    out = capsys.readouterr().out
+    assert code == 0 and "3 files, 36.0 s audio, 9 windows, 0 quarantined" in out and "audio-s/s" in out
+    assert cache.build_mel_cache_cli(root, tmp_path / "out", MEL, ONE, limit=None) == 0
+    out = capsys.readouterr().out
+    assert "10 files" in out and "4 quarantined" in out and "quarantined ddd/nan.wav: contains NaN" in out
