@@ -136,7 +136,7 @@ def log_torch_model(
     # Pickled, not "pt2": torch.export would freeze the example's batch size.
     info = mlflow.pytorch.log_model(
         model, name="model", signature=infer_signature(example, output), input_example=example,
-        serialization_format="pickle",
+        serialization_format="pickle", pip_requirements=_requirements(),
     )  # fmt: skip
     if not cfg.registered_model:
         return info.model_uri, None
@@ -145,3 +145,10 @@ def log_torch_model(
     for alias in aliases:
         client.set_registered_model_alias(cfg.registered_model, alias, version)
     return info.model_uri, str(version)
+
+
+def _requirements() -> list[str]:
+    """The serving environment, stated rather than inferred (inference reloads the model in a subprocess)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("torch", "timm", "numpy")]

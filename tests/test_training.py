@@ -12,7 +12,7 @@ from birdpipe.models import load_model
 from birdpipe.training import lr_factor, plot_history, predict_windows, select_device, train_fold
 
 CLASSES = ["sp0", "sp1", "sp2"]
-MEL = MelConfig(n_mels=32, hop_length=2560, window_seconds=5.0)  # 63 frames
+MEL = MelConfig(sample_rate=8000, n_fft=512, hop_length=640, n_mels=32, fmax=4000.0, noise_reduce=False)  # 63 frames
 
 
 class FakeCache:
@@ -137,6 +137,47 @@ def test_mlflow_run_holds_params_metrics_inputs_model_and_tags(tmp_path):
     assert np.asarray(probs).shape == (2, 3)
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"checkpoint", "plots", "model_meta.json"} <= artifacts
+
+
+def test_waveform_augmentations_decode_audio_and_train(tmp_path):
+    import soundfile as sf
+
+    cache = FakeCache(n_recordings=6, windows_per_recording=2)
+    folds, metadata = _frames(cache)
+    rng = np.random.default_rng(0)
+    for i, filename in enumerate(folds["filename"]):
+        path = tmp_path / "train_audio" / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        t = np.arange(10 * MEL.sample_rate) / MEL.sample_rate
+        sf.write(path, (0.3 * np.sin(2 * np.pi * (500 + 700 * (i % 3)) * t)).astype(np.float32), MEL.sample_rate)
+    (tmp_path / "unlabeled_soundscapes").mkdir()
+    sf.write(tmp_path / "unlabeled_soundscapes" / "bg.ogg", rng.normal(0, 0.05, 20 * MEL.sample_rate).astype(np.float32), MEL.sample_rate)
+    augment = AugmentConfig(gaussian_noise_p=0.5, gain_p=0.5, time_shift_p=0.5, background_p=0.5, time_extend_p=0.5, extend_fill="background")
+    cfg = _cfg(epochs=1, augment=augment)
+    result = train_fold(cache, folds, metadata, CLASSES, 0, cfg, tmp_path / "out", log=lambda m: None, audio_root=tmp_path / "train_audio")
+    assert result.epochs_run == 1 and np.isfinite(result.history[0]["train_loss"])
+    with pytest.raises(ValueError, match="audio_root"):
+        train_fold(cache, folds, metadata, CLASSES, 0, cfg, tmp_path / "other", log=lambda m: None)
+
+
+def test_trains_on_the_real_mel_cache_with_a_worker(tmp_path):
+    from birdpipe.cache import MelCacheReader, build_mel_cache
+    from birdpipe.folds import assign_folds
+    from birdpipe.config import CacheConfig, FoldConfig
+    from birdpipe.metadata import load_taxonomy, load_train_metadata
+    from birdpipe.paths import DatasetLayout
+    from birdpipe.synth import SynthConfig, generate_dataset
+
+    layout = DatasetLayout(tmp_path / "data")
+    generate_dataset(layout.root, SynthConfig(n_species=3, recordings_per_species=4, recording_seconds=8.0, n_soundscapes=0, n_unlabeled=0))
+    classes = load_taxonomy(layout.taxonomy)["primary_label"].to_list()
+    recordings = load_train_metadata(layout.train_metadata, load_taxonomy(layout.taxonomy)).recordings
+    mel = MelConfig(n_mels=32, hop_length=2560, noise_reduce=False)
+    report = build_mel_cache(recordings, layout.train_audio, tmp_path / "cache", mel, CacheConfig(workers=1), log=lambda m: None)
+    cache = MelCacheReader(report.cache_dir)
+    folds = assign_folds(recordings, FoldConfig(n_folds=2))
+    result = train_fold(cache, folds, recordings, classes, 0, _cfg(epochs=1, num_workers=1), tmp_path / "out", log=lambda m: None)
+    assert result.epochs_run == 1 and np.isfinite(result.history[0]["train_loss"])
 
 
 def test_helpers(tmp_path):
