@@ -57,7 +57,6 @@ INDEX_SCHEMA = {
     "primary_label": pl.String,
     "secondary_labels": pl.List(pl.String),
 }
-QUARANTINE_SCHEMA = {"filename": pl.String, "path": pl.String, "reason": pl.String}
 WINDOW_COLUMNS = ["filename", "window_index", "start_seconds", "end_seconds", "primary_label", "secondary_labels"]
 LABELS = ["primary_label", "secondary_labels"]
 
@@ -101,12 +100,14 @@ class CacheReport:
     digest: str
     #: Audio decoded and transformed by this run (the throughput's numerator).
     computed_seconds: float = 0.0
+    #: Cached recordings that decoded only partly (kept, flagged in the index).
+    damaged: int = 0
 
     def summary(self) -> str:
         rate = self.computed_seconds / max(self.wall_seconds, 1e-9)
         return (
             f"{self.cache_dir}: {self.files} files, {self.audio_seconds:.1f} s audio, {self.windows} windows, "
-            f"{self.quarantined.height} quarantined; recomputed {self.recomputed}, reused {self.reused}, "
+            f"{self.quarantined.height} quarantined, {self.damaged} damaged; recomputed {self.recomputed}, reused {self.reused}, "
             f"removed {self.removed}; {self.wall_seconds:.1f} s wall, {rate:.0f} audio-s/s"
         )
 
@@ -330,7 +331,7 @@ def build_mel_cache(
     i, n = partition or (0, 1)
     recs = recordings.unique("filename", keep="first", maintain_order=True)
     if n > 1:
-        recs = recs.filter(pl.col("filename").map_elements(lambda f: partition_of(f, n) == i, return_dtype=pl.Boolean))
+        recs = recs.filter(pl.Series([partition_of(f, n) == i for f in recs["filename"]]))
     builder = _Builder(cache_dir, (i, n), mel, cache, log)
     todo, reused, removed = _plan(builder, recs, audio_root)
     log(f"mel cache {cache_dir.name} [{builder.prefix}]: {len(todo)} to compute, {reused} reused, {removed} removed")
@@ -343,19 +344,20 @@ def build_mel_cache(
     index = pl.DataFrame(list(builder.entries.values()), schema=INDEX_SCHEMA)
     ok = index.filter(pl.col("status") == "ok")
     bad = index.filter(pl.col("status") == "quarantined")
-    quarantined = bad.select("filename", pl.col("filename").map_elements(lambda f: str(audio_root / f), return_dtype=pl.String).alias("path"), "reason")
+    quarantined = bad.select("filename", pl.concat_str(pl.lit(f"{audio_root}/"), "filename").alias("path"), "reason")
     return CacheReport(
         cache_dir=cache_dir,
         files=index.height,
         audio_seconds=float(ok["duration_s"].sum()),
         windows=int(ok["n_windows"].sum()),
-        quarantined=quarantined.cast(QUARANTINE_SCHEMA) if bad.height else pl.DataFrame(schema=QUARANTINE_SCHEMA),
+        quarantined=quarantined,
         recomputed=len(todo),
         reused=reused,
         removed=removed,
         wall_seconds=time.perf_counter() - t0,
         digest=digest(index, mel),
         computed_seconds=computed,
+        damaged=int(ok["damaged"].sum()),
     )
 
 

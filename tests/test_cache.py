@@ -231,3 +231,32 @@ def test_cli_prints_the_summary(tmp_path, capsys):
     assert cache.build_mel_cache_cli(root, tmp_path / "out", MEL, ONE, limit=None) == 0
     out = capsys.readouterr().out
     assert "10 files" in out and "4 quarantined" in out and "quarantined ddd/nan.wav: contains NaN" in out
+
+
+def test_manifest_has_one_row_per_metadata_row_and_never_raises(data):
+    from birdpipe.manifest import build_manifest
+
+    root, recs, _ = data
+    manifest = build_manifest(recs, root, workers=1)
+    assert manifest["filename"].to_list() == recs["filename"].to_list()
+    row = {r["filename"]: r for r in manifest.iter_rows(named=True)}
+    assert row["aaa/a2.flac"]["readable"] and row["aaa/a2.flac"]["channels"] == 2 and row["aaa/a2.flac"]["sample_rate"] == 44100
+    assert row["aaa/a2.flac"]["duration_s"] == pytest.approx(3.0) and row["aaa/a2.flac"]["size_bytes"] > 0
+    assert not row["ddd/nan.wav"]["readable"] and "NaN" in row["ddd/nan.wav"]["reason"]
+    missing = row["ddd/missing.ogg"]
+    assert not missing["exists"] and not missing["readable"] and missing["size_bytes"] is None
+    assert manifest.filter(~pl.col("readable")).height == 4
+
+
+def test_damaged_file_is_cached_as_far_as_it_decodes_and_flagged(tmp_path):
+    root = tmp_path / "audio"
+    _write(root, "aaa/good.flac", 20.0, seed=5)
+    data = bytearray((root / "aaa/good.flac").read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 400] = bytes(400)
+    (root / "aaa/bad.flac").write_bytes(bytes(data))
+    recs = pl.DataFrame({"filename": ["aaa/bad.flac"], "primary_label": ["aaa"], "secondary_labels": [[]]})
+    report = cache.build_mel_cache(recs, root, tmp_path / "c", MEL, ONE, log=lambda _: None)
+    assert report.damaged == 1 and report.quarantined.is_empty() and 0 < report.windows < 4
+    assert "1 damaged" in report.summary()
+    reader = cache.MelCacheReader(report.cache_dir)
+    assert reader.index["damaged"].to_list() == [True] and "decoding stopped" in reader.index["reason"][0]
