@@ -81,6 +81,9 @@ class OnnxModel:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
+        # Idle worker threads sleep instead of spinning: on shared CPUs (and next to torch's own
+        # pool) spinning steals the cores that decoding and mel extraction need.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
         props = self.session.get_modelmeta().custom_metadata_map
         #: classes, model and mel configs of the checkpoint it came from ({} if exported without).

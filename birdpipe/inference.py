@@ -70,7 +70,7 @@ class Ensemble:
 
 
 def load_ensemble(
-    ref: str | Path,
+    ref: str | Path | Sequence[str | Path],
     use_onnx: bool = True,
     combine: str = "mean",
     tracking: TrackingConfig | None = None,
@@ -99,8 +99,11 @@ def load_ensemble(
     return Ensemble(members, metas[0]["classes"], from_dict(MelConfig, metas[0]["mel"]), combine)
 
 
-def model_files(ref: str | Path, tracking: TrackingConfig | None = None) -> list[Path]:
-    """Fold model files: a file as is; in a folder every `best.pt` (else `last.pt`, else `.onnx`)."""
+def model_files(ref: str | Path | Sequence[str | Path], tracking: TrackingConfig | None = None) -> list[Path]:
+    """Fold model files: a file (or a list of files) as is; in a folder every `best.pt` (else
+    `last.pt`, else `.onnx`); a registered model's checkpoints, downloaded."""
+    if isinstance(ref, (list, tuple)):
+        return [p for r in ref for p in model_files(r, tracking)]
     if str(ref).startswith("models:/"):
         return _download_registered(str(ref), tracking or TrackingConfig())
     path = Path(ref)

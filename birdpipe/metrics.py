@@ -169,7 +169,7 @@ def score(metric: str, solution, submission) -> float:
 
 
 def score_files(solution_csv: Path, submission_csv: Path, metric: str) -> float:
-    """Score two CSV files; every problem is a ValueError naming the file and what is wrong."""
+    """Score two CSV files; every problem is a ValueError saying which input and what is wrong."""
     fn = _metric(metric)
     text_cols = fn in (birdclef2021, birdclef2022)
     frames = [_read_csv(Path(p), text_cols) for p in (solution_csv, submission_csv)]

@@ -49,7 +49,9 @@ def test_onnx_equals_torch_default_backbone(tmp_path):
 
 def test_partial_last_window_gets_a_row(tmp_path):
     classes = ["aaa", "bbb", "ccc"]
-    ensemble = load_ensemble(_fold_dir(tmp_path / "m", classes), use_onnx=False)
+    checkpoints = sorted(_fold_dir(tmp_path / "m", classes).rglob("best.pt"))  # a list of fold files
+    ensemble = load_ensemble(checkpoints, use_onnx=False)
+    assert len(ensemble.members) == 2
     rng = np.random.default_rng(0)
     for name, seconds in {"long": 23.4, "exact": 10.0, "short": 3.0}.items():
         sf.write(tmp_path / f"{name}.wav", rng.normal(0, 0.1, int(seconds * MEL.sample_rate)).astype(np.float32), MEL.sample_rate)
