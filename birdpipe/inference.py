@@ -258,9 +258,10 @@ def predict_cli(
 ) -> int:
     """`birdpipe predict`: a submission-format CSV for an audio file or every file below a folder."""
     from birdpipe.paths import list_audio
-    from birdpipe.submission import load_scored_birds, raven_tables, write_submission
+    from birdpipe.submission import check_format, load_scored_birds, raven_tables, write_submission
     from birdpipe.thresholds import Thresholds
 
+    check_format(fmt or submission.format)
     files = [audio] if audio.is_file() else list_audio(audio) if audio.is_dir() else None
     if files is None:
         raise FileNotFoundError(f"{audio}: no such audio file or folder")

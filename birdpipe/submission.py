@@ -42,7 +42,7 @@ def window_row_id() -> pl.Expr:
 
 
 def columns(fmt: str, classes: Sequence[str]) -> list[str]:
-    _check_format(fmt)
+    check_format(fmt)
     return ["row_id", *classes] if fmt in WIDE else ["row_id", "birds" if fmt == "2021" else "target"]
 
 
@@ -59,7 +59,7 @@ def format_frame(
     scored_birds: Sequence[str] | None = None,
 ) -> pl.DataFrame:
     """The submission frame of `fmt` from window scores (KEYS + one column per class)."""
-    _check_format(fmt)
+    check_format(fmt)
     classes = list(classes)
     missing = [c for c in (*KEYS, *classes) if c not in predictions.columns]
     if missing:
@@ -207,7 +207,8 @@ def _row_id_2021(soundscape_id: str, end_seconds: int) -> str:
     return f"{m[1] if m else soundscape_id}_{int(end_seconds)}"
 
 
-def _check_format(fmt: str) -> None:
+def check_format(fmt: str) -> None:
+    """Raise a ValueError naming the known formats unless `fmt` is one."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown submission format {fmt!r}; known: {', '.join(FORMATS)}")
 

@@ -150,3 +150,18 @@ def test_oof_scores_of_constant_predictions_are_chance():
     y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
     scores = metrics.oof_scores(y, np.full(y.shape, 0.3), ["a", "b"])
     assert scores["birdclef2024"] == 0.5 and scores["birdclef2022"] == 0.5
+
+
+def test_predict_cli_errors(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    sf.write(tmp_path / "a.wav", np.zeros(MEL.sample_rate, np.float32), MEL.sample_rate)
+    base = ["predict", "--model", str(tmp_path / "nomodel"), "--out", str(tmp_path / "o.csv")]
+    cases = [
+        (["--audio", str(tmp_path / "a.wav"), "--format", "2020"], "unknown submission format '2020'"),
+        (["--audio", str(tmp_path / "missing")], "missing: no such audio file or folder"),
+        (["--audio", str(tmp_path / "empty")], "empty: no audio files below it"),
+        (["--audio", str(tmp_path / "a.wav")], "nomodel: no such model file or folder"),
+    ]
+    for args, message in cases:
+        assert main([*base, *args]) == 2
+        assert message in capsys.readouterr().err
