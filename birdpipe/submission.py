@@ -111,6 +111,9 @@ def solution_from_labels(
     labels: pl.DataFrame, classes: Sequence[str], fmt: str, scored_birds: Sequence[str] | None = None
 ) -> pl.DataFrame:
     """Ground truth (soundscape_id, end_seconds, birds) in `fmt`, to score submissions against."""
+    missing = [c for c in ("soundscape_id", "end_seconds", "birds") if c not in labels.columns]
+    if missing:
+        raise ValueError(f"labels lack column(s) {missing}: need soundscape_id, end_seconds, birds")
     classes = list(classes)
     index = {c: i for i, c in enumerate(classes)}
     y = np.zeros((len(labels), len(classes)), dtype=np.int8)

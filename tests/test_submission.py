@@ -73,6 +73,10 @@ def test_2021_and_2022_row_ids(truth):
     assert sol22["row_id"][:2].to_list() == ["7019_COR_20190904_norcar_5", "7019_COR_20190904_amecro_5"]
     with pytest.raises(ValueError, match="scored birds not among"):
         solution_from_labels(labels, CLASSES, "2022", scored_birds=["zzz"])
+    with pytest.raises(ValueError, match=r"lack column\(s\) \['soundscape_id'\]"):
+        solution_from_labels(labels.drop("soundscape_id"), CLASSES, "2025")
+    with pytest.raises(ValueError, match="unknown species"):
+        solution_from_labels(labels.with_columns(birds=pl.lit("zzz")), CLASSES, "2025")
 
 
 def test_check_submission_finds_problems(tmp_path, truth):
