@@ -81,7 +81,7 @@ def calibrate(
         best_global = grid[_best(curve)]
         own = np.array([grid[_best(col)] if np.isfinite(col).all() else best_global for col in per_curves.T])
     else:
-        curve = np.array([objective_value("f1_micro_rows", y_true, y_prob >= t) for t in grid])
+        curve = np.array([_row_f1_mean(y_true, y_prob >= t) for t in grid])
         best_global = grid[_best(curve)]
         own = _row_f1_ascent(y_true, y_prob, grid, np.full(len(classes), best_global), cfg.sweeps)
     positives = y_true.sum(axis=0)
@@ -139,19 +139,27 @@ def _row_f1_ascent(
     sum over rows sorted by c's score, evaluated for the whole grid at once.
     """
     thr = start.copy()
-    n_true = y_true.sum(axis=1)
+    truth = y_true == 1
+    pred = y_prob >= thr
+    n_true, tp, n_pred = truth.sum(axis=1), (pred & truth).sum(axis=1), pred.sum(axis=1)
     for _ in range(sweeps):
         for c in range(y_true.shape[1]):
-            pred = y_prob >= thr
-            tp_other = (pred & (y_true == 1)).sum(axis=1) - (pred[:, c] & (y_true[:, c] == 1))
-            n_other = pred.sum(axis=1) - pred[:, c]
+            tp_other, n_other = tp - (pred[:, c] & truth[:, c]), n_pred - pred[:, c]
             f1_off = _row_f1(tp_other, n_other, n_true)
-            gain = _row_f1(tp_other + y_true[:, c], n_other + 1, n_true) - f1_off
+            gain = _row_f1(tp_other + truth[:, c], n_other + 1, n_true) - f1_off
             order = np.argsort(y_prob[:, c])
             suffix = np.concatenate([np.cumsum(gain[order][::-1])[::-1], [0.0]])
             first_on = np.searchsorted(y_prob[order, c], grid, side="left")
             thr[c] = grid[_best(f1_off.sum() + suffix[first_on])]
+            pred[:, c] = y_prob[:, c] >= thr[c]
+            tp, n_pred = tp_other + (pred[:, c] & truth[:, c]), n_other + pred[:, c]
     return thr
+
+
+def _row_f1_mean(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """`metrics.rowwise_f1` from counts, fast enough to evaluate for every grid threshold."""
+    truth = y_true == 1
+    return float(_row_f1((y_pred & truth).sum(axis=1), y_pred.sum(axis=1), truth.sum(axis=1)).mean())
 
 
 def _row_f1(tp: np.ndarray, n_pred: np.ndarray, n_true: np.ndarray) -> np.ndarray:
