@@ -7,7 +7,7 @@ DEMO_DATA := data/demo
 DEMO_CONFIG := configs/demo.toml
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: env demo test ui bench bench-cache bench-train bench-infer clean-demo
+.PHONY: env demo run test ui bench bench-cache bench-train bench-infer clean-demo
 
 # The environment from the lock file; uv itself is installed with pip when absent.
 $(VENV)/.synced: pyproject.toml uv.lock
@@ -28,6 +28,10 @@ $(DEMO_DATA)/.complete: $(VENV)/.synced birdpipe/synth.py
 demo: env $(DEMO_DATA)/.complete $(DAGSTER_HOME)/dagster.yaml
 	BIRDPIPE_DATA=$(DEMO_DATA) BIRDPIPE_CONFIG=$(DEMO_CONFIG) $(PY) -m assets.demo
 
+# Every asset of any BirdCLEF-layout dataset, the same way: make run DATA=path CONFIG=file.toml
+run: env $(DAGSTER_HOME)/dagster.yaml
+	BIRDPIPE_DATA=$(DATA) BIRDPIPE_CONFIG=$(CONFIG) $(PY) -m assets.demo
+
 test: env
 	$(VENV)/bin/pytest -q
 
@@ -38,6 +42,9 @@ ui: env $(DAGSTER_HOME)/dagster.yaml
 	trap 'kill 0' INT TERM; wait
 
 bench: bench-cache bench-train bench-infer
+
+bench-train: env
+	$(PY) bench/bench_train.py
 
 clean-demo:
 	rm -rf $(DEMO_DATA) data/work data/mlflow.db data/mlartifacts $(DAGSTER_HOME)

@@ -56,7 +56,7 @@ def main() -> int:
     for name in ("birdclef2025_roc_auc", "birdclef2023_padded_cmap", "birdclef2021_f1", "birdclef2022_score"):
         if name in oof:
             print(f"out-of-fold {name}: {oof[name]:.4f}")
-    print(f"submission: {sub.get('path')}")
+    print(f"submission: {sub.get('submission_csv')}")
     for key, value in sub.items():
         if key.startswith("score_"):
             print(f"  {key.removeprefix('score_')} vs ground truth: {value:.4f}")

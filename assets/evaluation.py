@@ -1,6 +1,6 @@
 """Evaluation: out-of-fold predictions and their scores, and thresholds calibrated on them."""
 
-from __future__ import annotations
+from typing import Any
 
 import dagster as dg
 import polars as pl
@@ -25,7 +25,7 @@ def oof_predictions(
     context: dg.AssetExecutionContext,
     dataset: Dataset,
     tracking: Tracking,
-    mel_cache: str | dict,
+    mel_cache: Any,
     folds: pl.DataFrame,
     trained_model: dict[str, dict],
 ) -> dg.Output[str]:
@@ -51,7 +51,7 @@ def oof_predictions(
             "windows": oof.height,
             "per_species": md_table(species, 30),
             "mlflow_run_id": run.info.run_id,
-            "path": dg.MetadataValue.path(str(out / "oof.parquet")),
+            "oof_parquet": dg.MetadataValue.path(str(out / "oof.parquet")),
         },
     )
 
@@ -92,7 +92,7 @@ def thresholds(
             "curve": png(plot),
             "per_species": md_table(per_species, 30),
             "mlflow_run_id": run.info.run_id,
-            "path": dg.MetadataValue.path(str(out / "thresholds.json")),
+            "thresholds_json": dg.MetadataValue.path(str(out / "thresholds.json")),
         },
     )
 

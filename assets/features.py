@@ -1,6 +1,6 @@
 """Features: the mel / noise-reduced spectrogram cache."""
 
-from __future__ import annotations
+from typing import Any
 
 import dagster as dg
 import polars as pl
@@ -46,7 +46,7 @@ def mel_cache(
     return dg.Output(
         str(report.cache_dir),
         metadata={
-            "path": dg.MetadataValue.path(str(report.cache_dir)),
+            "cache_dir": dg.MetadataValue.path(str(report.cache_dir)),
             "recordings": report.files,
             "windows": report.windows,
             "audio_hours": round(report.audio_seconds / 3600, 3),
@@ -62,6 +62,6 @@ def mel_cache(
     )
 
 
-def cache_dir(mel_cache: str | dict[str, str]) -> str:
+def cache_dir(mel_cache: Any) -> str:
     """The cache folder, whether the cache came as one asset or as its shard partitions."""
     return next(iter(mel_cache.values())) if isinstance(mel_cache, dict) else mel_cache

@@ -1,7 +1,5 @@
 """Ingest: taxonomy, validated train metadata, and the audio manifest."""
 
-from __future__ import annotations
-
 import dagster as dg
 import polars as pl
 
@@ -23,7 +21,7 @@ def taxonomy(dataset: Dataset) -> dg.Output[pl.DataFrame]:
     df = load_taxonomy(path)
     return dg.Output(
         df,
-        metadata={"species": df.height, "path": dg.MetadataValue.path(str(path)), "preview": md_table(df, 10)},
+        metadata={"species": df.height, "source": dg.MetadataValue.path(str(path)), "preview": md_table(df, 10)},
         data_version=dg.DataVersion(file_digest(path)),
     )
 
@@ -47,7 +45,7 @@ def train_metadata(
             "quarantined": meta.quarantine.height,
             "quarantine": md_table(meta.quarantine),
             "unknown_secondary_labels": dg.MetadataValue.json(meta.unknown_secondary),
-            "path": dg.MetadataValue.path(str(path)),
+            "source": dg.MetadataValue.path(str(path)),
         },
         data_version=dg.DataVersion(file_digest(path, dataset.layout.taxonomy)),
     )
@@ -76,7 +74,11 @@ def audio_manifest(
     )
 
 
-@dg.asset_check(asset=train_metadata, description="Every primary and secondary label is in the taxonomy.")
+@dg.asset_check(
+    asset=train_metadata,
+    additional_ins={"taxonomy": dg.AssetIn("taxonomy")},
+    description="Every primary and secondary label is in the taxonomy.",
+)
 def labels_in_taxonomy(train_metadata: pl.DataFrame, taxonomy: pl.DataFrame) -> dg.AssetCheckResult:
     classes = taxonomy["primary_label"].implode()
     labels = pl.concat([train_metadata["primary_label"], train_metadata["secondary_labels"].explode().drop_nulls()])

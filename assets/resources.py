@@ -5,8 +5,6 @@ else defaults), because each asset's `code_version` is derived from it: edit the
 reload the location, and the assets whose parameters changed show as unsynced.
 """
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import dagster as dg

@@ -1,7 +1,5 @@
 """Sensors: rerun ingest and features when the dataset on disk changes."""
 
-from __future__ import annotations
-
 import dagster as dg
 
 from birdpipe.paths import dataset_fingerprint

@@ -1,6 +1,6 @@
 """Training: fold splits and one model per fold."""
 
-from __future__ import annotations
+from typing import Any
 
 import dagster as dg
 import polars as pl
@@ -8,7 +8,8 @@ import polars as pl
 from birdpipe.cache import MelCacheReader
 from birdpipe.config import version
 from birdpipe.folds import assign_folds, fold_summary
-from birdpipe.training import plot_history, train_fold
+from birdpipe import tracking as mlf
+from birdpipe.training import frame_digest, plot_history, train_fold
 
 from .features import cache_dir
 from .meta import md_table, png
@@ -22,7 +23,7 @@ TRAIN_VERSION = version(CONFIG.train, CONFIG.mel, CONFIG.folds)
 
 
 @dg.asset(group_name=GROUP, code_version=version(CONFIG.folds), kinds={"polars"})
-def folds(dataset: Dataset, mel_cache: str | dict, train_metadata: pl.DataFrame) -> dg.Output[pl.DataFrame]:
+def folds(dataset: Dataset, mel_cache: Any, train_metadata: pl.DataFrame) -> dg.Output[pl.DataFrame]:
     """Stratified folds over the recordings that made it into the cache (quarantined ones did not)."""
     cached = MelCacheReader(cache_dir(mel_cache)).windows.select("filename").unique()
     df = assign_folds(train_metadata.join(cached, on="filename", how="semi"), CONFIG.folds)
@@ -31,7 +32,7 @@ def folds(dataset: Dataset, mel_cache: str | dict, train_metadata: pl.DataFrame)
     df.write_parquet(path)
     return dg.Output(
         df,
-        metadata={"recordings": df.height, "per_fold": md_table(fold_summary(df)), "path": dg.MetadataValue.path(str(path))},
+        metadata={"recordings": df.height, "per_fold": md_table(fold_summary(df)), "folds_parquet": dg.MetadataValue.path(str(path))},
         data_version=dg.DataVersion(str(df.hash_rows().sum())),
     )
 
@@ -47,7 +48,7 @@ def trained_model(
     context: dg.AssetExecutionContext,
     dataset: Dataset,
     tracking: Tracking,
-    mel_cache: str | dict,
+    mel_cache: Any,
     folds: pl.DataFrame,
     train_metadata: pl.DataFrame,
     taxonomy: pl.DataFrame,
@@ -57,9 +58,13 @@ def trained_model(
     cache = MelCacheReader(cache_dir(mel_cache))
     out_dir = dataset.work.stage("trained_model", TRAIN_VERSION) / f"fold-{fold}"
     tags = lineage_tags(context) | {"birdpipe.mel_cache_digest": cache.digest}
+    # One parent per training of all folds: the backfill when there is one, else the inputs.
+    parent_key = context.run.tags.get("dagster/backfill") or version(TRAIN_VERSION, cache.digest, frame_digest(folds))
+    parent = mlf.parent_run(tracking.config, parent_key, "trained_model", {"birdpipe.train_version": TRAIN_VERSION})
     result = train_fold(
         cache, folds, train_metadata, taxonomy["primary_label"].to_list(), fold, CONFIG.train, out_dir,
-        tracking=tracking.config, tags=tags, log=context.log.info,
+        tracking=tracking.config, tags=tags, parent_run_id=parent, log=context.log.info,
+        audio_root=dataset.layout.train_audio,
     )
     curve = plot_history(result.history, out_dir / "history.png")
     return dg.Output(
@@ -69,6 +74,7 @@ def trained_model(
             "last_checkpoint": str(result.last_checkpoint),
             "best_score": result.best_score,
             "run_id": result.run_id,
+            "model_uri": result.model_uri,
         },
         metadata={
             "best_score": result.best_score,
@@ -76,6 +82,8 @@ def trained_model(
             "epochs": result.epochs_run,
             "metric": CONFIG.train.metric,
             "mlflow_run_id": result.run_id or "",
+            "mlflow_parent_run_id": parent,
+            "registered_model": result.model_uri or "",
             "checkpoint": dg.MetadataValue.path(str(result.best_checkpoint)),
             "training_curve": png(curve),
         },

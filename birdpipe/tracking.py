@@ -152,3 +152,25 @@ def _requirements() -> list[str]:
     from importlib.metadata import version
 
     return [f"{name}=={version(name)}" for name in ("torch", "timm", "numpy")]
+
+
+def parent_run(cfg: TrackingConfig, key: str, name: str, tags: Mapping[str, str] | None = None) -> str:
+    """The run that groups every fold of one training, found by `key` or created.
+
+    Fold trainings are separate Dagster runs (one per partition, maybe on several machines),
+    so the parent cannot be an open context: it is looked up by a tag instead.
+    """
+    from mlflow.tracking import MlflowClient
+
+    experiment_id = configure(cfg)
+    client = MlflowClient()
+    found = client.search_runs([experiment_id], f"tags.`birdpipe.parent_key` = '{key}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(
+        experiment_id,
+        run_name=name,
+        tags={"birdpipe.parent_key": key, "birdpipe.stage": name, "mlflow.source.git.commit": git_commit(), **(tags or {})},
+    )
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id

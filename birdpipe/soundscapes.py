@@ -1,0 +1,81 @@
+"""Soundscape submissions in every format, and their scores where the soundscapes are labelled.
+
+A Kaggle submission needs exactly one row per 5 s window; `expected_windows` counts them
+from the audio itself, so a soundscape that failed to decode shows up as missing rows in the
+schema check instead of a silently short file. Labelled soundscapes (the synthetic set's
+`test_soundscape_labels.csv`, or a BirdCLEF 2021-style `train_soundscape_labels.csv`) give
+a local score for each format, the same way Kaggle would compute it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import polars as pl
+
+from birdpipe.audio import probe
+from birdpipe.config import SubmissionConfig
+from birdpipe.metrics import score_files
+from birdpipe.submission import solution_from_labels, write_submission
+from birdpipe.thresholds import Thresholds
+
+#: One file per distinct format: 2023-2025 share theirs.
+FORMAT_FILES = {"2021": "birdclef2021", "2022": "birdclef2022", "2025": "birdclef2025"}
+#: Metrics scored on each format's file.
+FORMAT_METRICS = {"2021": ("birdclef2021",), "2022": ("birdclef2022",), "2025": ("birdclef2023", "birdclef2025")}
+LABEL_FILES = ("test_soundscape_labels.csv", "train_soundscape_labels.csv")
+
+
+@dataclass(frozen=True)
+class Score:
+    metric: str
+    solution: Path
+    submission: Path
+    value: float
+
+
+def expected_windows(files: Sequence[Path], window_seconds: float) -> int:
+    """Rows a submission must have: every started window of every soundscape."""
+    return sum(max(1, math.ceil(probe(f, decode=False).duration_s / window_seconds - 1e-9)) for f in files)
+
+
+def write_all_formats(
+    predictions: pl.DataFrame,
+    classes: Sequence[str],
+    thresholds: Thresholds | None,
+    cfg: SubmissionConfig,
+    out_dir: Path,
+    scored_birds: Sequence[str] | None = None,
+) -> dict[str, Path]:
+    """`submission.csv` in the configured format plus `submission-<format>.csv` in each format."""
+    paths = {"submission": write_submission(predictions, classes, thresholds, cfg, out_dir / "submission.csv", scored_birds)}
+    for fmt in FORMAT_FILES:
+        paths[fmt] = write_submission(
+            predictions, classes, thresholds, replace(cfg, format=fmt), out_dir / f"submission-{fmt}.csv", scored_birds
+        )
+    return paths
+
+
+def find_labels(data_root: Path) -> Path | None:
+    """The per-window labels of the soundscapes, if the dataset has them."""
+    return next((data_root / n for n in LABEL_FILES if (data_root / n).is_file()), None)
+
+
+def score_formats(
+    labels_csv: Path,
+    submissions: dict[str, Path],
+    classes: Sequence[str],
+    out_dir: Path,
+    scored_birds: Sequence[str] | None = None,
+) -> list[Score]:
+    """Write each format's solution from the labels and score that format's submission on it."""
+    labels = pl.read_csv(labels_csv, schema_overrides={"birds": pl.String, "soundscape_id": pl.String})
+    scores = []
+    for fmt, metrics in FORMAT_METRICS.items():
+        solution = out_dir / f"solution-{fmt}.csv"
+        solution_from_labels(labels, classes, fmt, scored_birds).write_csv(solution)
+        scores += [Score(m, solution, submissions[fmt], score_files(solution, submissions[fmt], m)) for m in metrics]
+    return scores

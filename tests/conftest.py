@@ -1,0 +1,34 @@
+import os
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+REAL_DATA = TESTS.parent.parent / "shared" / "data" / "xc-puerto-rico"
+
+# The Dagster code location reads its config at import time (code versions derive from it):
+# every test that imports `assets` sees the end-to-end test's tiny config.
+os.environ.setdefault("BIRDPIPE_CONFIG", str(TESTS / "e2e.toml"))
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A small synthetic BirdCLEF-layout dataset, generated once per test session."""
+    from birdpipe.synth import SynthConfig, generate_dataset
+
+    root = tmp_path_factory.mktemp("tiny-birdclef")
+    generate_dataset(
+        root,
+        SynthConfig(
+            n_species=4, recordings_per_species=6, recording_seconds=9.0, n_soundscapes=2,
+            soundscape_seconds=23.0, n_unlabeled=1, seed=0,
+        ),
+    )
+    return root
+
+
+@pytest.fixture
+def real_dataset() -> Path:
+    if not (REAL_DATA / "train_metadata.csv").is_file():
+        pytest.skip(f"real recordings not found at {REAL_DATA} (../shared/data/xc-puerto-rico)")
+    return REAL_DATA

@@ -1,0 +1,63 @@
+"""The whole asset graph, in process, on a tiny synthetic dataset (tests/e2e.toml config)."""
+
+import dagster as dg
+import mlflow
+import polars as pl
+import pytest
+
+from assets.definitions import ALL_ASSETS, ALL_CHECKS, JOBS
+from assets.resources import Dataset, Tracking
+from assets.training import FOLD_PARTITIONS
+
+
+def _defs(data_root, tmp_path) -> dg.Definitions:
+    return dg.Definitions(
+        assets=ALL_ASSETS,
+        asset_checks=ALL_CHECKS,
+        jobs=JOBS,
+        resources={
+            "dataset": Dataset(root=str(data_root), work_root=str(tmp_path / "work")),
+            "tracking": Tracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
+            "io_manager": dg.FilesystemIOManager(base_dir=str(tmp_path / "io")),
+        },
+    )
+
+
+def _run(defs, instance, job, partition_key=None) -> dg.ExecuteInProcessResult:
+    result = defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=partition_key)
+    assert result.success
+    failed = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
+    assert not failed, f"asset checks failed: {failed}"
+    return result
+
+
+def _metadata(result: dg.ExecuteInProcessResult, key: str) -> dict:
+    [event] = [m for m in result.get_asset_materialization_events() if m.asset_key == dg.AssetKey(key)]
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+@pytest.mark.slow
+def test_whole_graph_on_synthetic_data(tiny_dataset, tmp_path):
+    defs = _defs(tiny_dataset, tmp_path)
+    with dg.DagsterInstance.ephemeral() as instance:
+        _run(defs, instance, "prepare_job")
+        for fold in FOLD_PARTITIONS.get_partition_keys():
+            _run(defs, instance, "train_job", fold)
+        evaluation = _run(defs, instance, "evaluate_job")
+
+    oof = _metadata(evaluation, "oof_predictions")
+    assert oof["birdclef2025"] > 0.7, oof
+
+    taxonomy = pl.read_csv(tiny_dataset / "taxonomy.csv")
+    labels = pl.read_csv(tiny_dataset / "test_soundscape_labels.csv")
+    submission = pl.read_csv(_metadata(evaluation, "submission")["submission_csv"])
+    assert submission.columns == ["row_id", *taxonomy["primary_label"].to_list()]
+    assert sorted(submission["row_id"].to_list()) == sorted(labels["row_id"].to_list())
+    probs = submission.drop("row_id").to_numpy()
+    assert ((probs >= 0) & (probs <= 1)).all()
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`dagster.asset_key` = 'trained_model'")
+    assert sorted(runs["tags.dagster.partition"]) == FOLD_PARTITIONS.get_partition_keys()
+    assert runs["tags.mlflow.parentRunId"].nunique() == 1, "fold runs share one parent run"
+    assert (runs["metrics.val_score"].notna()).all() and (runs["params.train.model.backbone"] == "test_efficientnet").all()
