@@ -28,6 +28,12 @@ import polars as pl
 
 from birdpipe.config import MelConfig, SubmissionConfig, TrackingConfig, from_dict
 
+#: How the fold models' probabilities are combined (over axis 0).
+COMBINE = {
+    "mean": lambda p: p.mean(axis=0),
+    "median": lambda p: np.median(p, axis=0),
+    "max": lambda p: p.max(axis=0),
+}
 MODEL_URI = re.compile(r"models:/(?P<name>[^@/]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))")
 
 
@@ -57,16 +63,13 @@ class Ensemble:
     mel: MelConfig
     combine: str = "mean"
 
+    def __post_init__(self):
+        if self.combine not in COMBINE:
+            raise ValueError(f"unknown ensemble combination {self.combine!r}; known: {', '.join(COMBINE)}")
+
     def predict(self, mels: np.ndarray, batch_size: int) -> np.ndarray:
         """Combined probabilities `[n, C]` of log-mel windows."""
-        probs = np.stack([m.predict(mels, batch_size) for m in self.members])
-        if self.combine == "mean":
-            return probs.mean(axis=0)
-        if self.combine == "median":
-            return np.median(probs, axis=0)
-        if self.combine == "max":
-            return probs.max(axis=0)
-        raise ValueError(f"unknown ensemble combination {self.combine!r}; known: mean, median, max")
+        return COMBINE[self.combine](np.stack([m.predict(mels, batch_size) for m in self.members]))
 
 
 def load_ensemble(

@@ -85,6 +85,8 @@ def test_ensemble_combinations():
     for combine, expected in (("mean", 0.4), ("median", 0.2), ("max", 0.9)):
         ens = Ensemble([Fixed(0.1), Fixed(0.2), Fixed(0.9)], ["a", "b"], MEL, combine)
         np.testing.assert_allclose(ens.predict(mels, 2), expected)
+    with pytest.raises(ValueError, match="unknown ensemble combination 'vote'"):
+        Ensemble([Fixed(0.1)], ["a", "b"], MEL, "vote")
 
 
 @pytest.mark.parametrize("fmt", ["2021", "2022", "2025"])
