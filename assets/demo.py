@@ -19,11 +19,15 @@ from .features import CACHE_PARTITIONS
 from .training import FOLD_PARTITIONS
 
 
+#: Dagster's console logs at INFO: per-epoch progress and warnings, not every step event.
+QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+
 def run_job(name: str, instance: dg.DagsterInstance, partition_key: str | None = None) -> None:
     label = f"{name}[{partition_key}]" if partition_key else name
     start = time.perf_counter()
     print(f"-> {label} ...", flush=True)
-    defs.resolve_job_def(name).execute_in_process(instance=instance, partition_key=partition_key)
+    defs.resolve_job_def(name).execute_in_process(instance=instance, partition_key=partition_key, run_config=QUIET)
     print(f"   {label} done in {time.perf_counter() - start:.0f} s", flush=True)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -117,8 +118,13 @@ def log_dataset(frame: Any, name: str, digest: str, source: str, context: str = 
     import mlflow
 
     df = frame.to_pandas() if hasattr(frame, "to_pandas") else frame
-    dataset = mlflow.data.from_pandas(df, source=source, name=name, digest=digest[:36])
-    mlflow.log_input(dataset, context=context)
+    with warnings.catch_warnings():
+        # A local path resolves to the same source class twice, and MLflow's hint about
+        # integer columns concerns serving schemas, not a lineage record: both are noise here.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+        dataset = mlflow.data.from_pandas(df, source=source, name=name, digest=digest[:36])
+        mlflow.log_input(dataset, context=context)
 
 
 def log_torch_model(
