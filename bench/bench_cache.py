@@ -214,10 +214,9 @@ def main() -> None:
     names = _read_recordings(DatasetLayout(args.data))["filename"].sample(fraction=1.0, shuffle=True, seed=0).to_list()
     large = names[: args.files or len(names)]
     small = large[: max(1, round(args.small * len(large)))]
-    results = {}
-    for method in ("birdpipe", "usual"):
-        results[method] = []
-        for files in (small, large):
+    results = {"birdpipe": [], "usual": []}
+    for files in (small, large):  # methods interleaved, so both see the same background load
+        for method in results:
             r = measure(method, files, args)
             print(f"{method:8s} {len(files):4d} files: {r['audio']:8.1f} s audio in {r['wall']:6.1f} s, peak {r['peak_mb']:.0f} MB", flush=True)
             results[method].append(r)
