@@ -9,6 +9,7 @@ few positives a species has, because a threshold fitted to three positives is mo
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +47,9 @@ class Thresholds:
         data = {
             "objective": self.objective,
             "global_threshold": self.global_threshold,
-            "global_score": self.global_score,
-            "per_species_score": self.per_species_score,
+            # strict JSON: an uncalibrated score (NaN) is written as null
+            "global_score": _finite_or_none(self.global_score),
+            "per_species_score": _finite_or_none(self.per_species_score),
             "per_species": self.per_species,
             "positives": self.positives,
             "curve": self.curve.to_dict(as_series=False),
@@ -58,7 +60,9 @@ class Thresholds:
     @classmethod
     def from_json(cls, path: str | Path) -> Thresholds:
         data = json.loads(Path(path).read_text())
-        return cls(**{**data, "curve": pl.DataFrame(data["curve"])})
+        scores = {k: math.nan if data[k] is None else data[k] for k in ("global_score", "per_species_score")}
+        curve = pl.DataFrame(data["curve"], schema={"threshold": pl.Float64, "metric": pl.Float64})
+        return cls(**{**data, **scores, "curve": curve})
 
     @classmethod
     def constant(cls, value: float = 0.5) -> Thresholds:
@@ -166,6 +170,10 @@ def _row_f1(tp: np.ndarray, n_pred: np.ndarray, n_true: np.ndarray) -> np.ndarra
     """Per-row F1 of label sets from counts, an empty set standing for `nocall`."""
     both_empty = (n_pred == 0) & (n_true == 0)
     return 2 * (tp + both_empty) / (np.maximum(n_pred, 1) + np.maximum(n_true, 1))
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def _best(values: np.ndarray) -> int:

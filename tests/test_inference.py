@@ -22,6 +22,7 @@ from birdpipe.inference import (
 )
 from birdpipe.models import build_model, model_meta, save_checkpoint
 from birdpipe.submission import check_submission, expected_rows, solution_from_labels
+from birdpipe.thresholds import Thresholds
 
 MEL = MelConfig(n_mels=64, noise_reduce=False)
 
@@ -107,6 +108,10 @@ def test_predict_cli_on_synthetic_soundscapes_scores(tmp_path, tiny_dataset, fmt
     metric = "birdclef2021" if fmt == "2021" else "birdclef2022" if fmt == "2022" else "birdclef2025"
     assert main(["score", "--solution", str(tmp_path / "sol.csv"), "--submission", str(out), "--metric", metric]) == 0
     assert 0.0 <= float(capsys.readouterr().out.strip().splitlines()[-1]) <= 1.0
+    if fmt == "2021":  # calibrated thresholds decide: at 0 every species is present everywhere
+        Thresholds.constant(0.0).to_json(tmp_path / "t.json")
+        assert main([*args, "--format", fmt, "--thresholds", str(tmp_path / "t.json")]) == 0
+        assert set(pl.read_csv(out)["birds"]) == {" ".join(classes)}
 
 
 def test_predict_cli_torch_matches_onnx(tmp_path, tiny_dataset):

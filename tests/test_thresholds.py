@@ -92,7 +92,11 @@ def test_json_round_trip_and_plot(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_constant_fallback():
+def test_constant_fallback(tmp_path):
     th = Thresholds.constant(0.3)
     assert th.vector(CLASSES).tolist() == [0.3, 0.3, 0.3]
     assert isinstance(th.curve, pl.DataFrame)
+    path = th.to_json(tmp_path / "t.json")
+    assert "NaN" not in path.read_text()  # strict JSON
+    back = Thresholds.from_json(path)
+    assert back.vector(CLASSES).tolist() == [0.3, 0.3, 0.3] and np.isnan(back.global_score)
