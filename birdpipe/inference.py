@@ -152,22 +152,27 @@ def _download_registered(uri: str, tracking: TrackingConfig) -> list[Path]:
     m = MODEL_URI.fullmatch(uri)
     if not m:
         raise ValueError(f"{uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
-    client = mlflow.MlflowClient(tracking_uri(tracking))
+    uri_store = tracking_uri(tracking)
+    client = mlflow.MlflowClient(uri_store)
     name = m["name"]
-    if m["version"]:
-        versions = [client.get_model_version(name, m["version"])]
-    else:
-        aliases = client.get_registered_model(name).aliases
-        folds = sorted(a for a in aliases if re.fullmatch(rf"{re.escape(m['alias'])}-fold\d+", a))
-        versions = [client.get_model_version_by_alias(name, a) for a in folds or [m["alias"]]]
+    try:
+        if m["version"]:
+            versions = [client.get_model_version(name, m["version"])]
+        else:
+            aliases = client.get_registered_model(name).aliases
+            folds = sorted(a for a in aliases if re.fullmatch(rf"{re.escape(m['alias'])}-fold\d+", a))
+            versions = [client.get_model_version_by_alias(name, a) for a in folds or [m["alias"]]]
+    except mlflow.exceptions.MlflowException as exc:
+        raise ValueError(f"{uri}: {exc.message} (tracking store {uri_store})") from None
     paths = []
     for v in versions:
-        dst = default_work_root() / "registered-models" / f"{name}-v{v.version}"
+        # keyed by run too: a recreated registry reuses version numbers for other models
+        dst = default_work_root() / "registered-models" / f"{name}-v{v.version}-{v.run_id[:8]}"
         ckpt = dst / "checkpoint" / "best.pt"
         if not ckpt.exists():
             dst.mkdir(parents=True, exist_ok=True)
             mlflow.artifacts.download_artifacts(
-                run_id=v.run_id, artifact_path="checkpoint", dst_path=str(dst), tracking_uri=tracking_uri(tracking)
+                run_id=v.run_id, artifact_path="checkpoint", dst_path=str(dst), tracking_uri=uri_store
             )
         paths.append(ckpt)
     return paths

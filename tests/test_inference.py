@@ -146,11 +146,13 @@ def test_registered_model_alias_resolves_to_fold_checkpoints(tmp_path, monkeypat
         client.set_registered_model_alias("sed", f"candidate-fold{k}", version.version)
     client.set_registered_model_alias("sed", "candidate", "2")
     paths = model_files("models:/sed@candidate", tracking)
-    assert [p.parent.parent.name for p in paths] == ["sed-v1", "sed-v2"]
+    assert [p.parent.parent.name.rsplit("-", 1)[0] for p in paths] == ["sed-v1", "sed-v2"]
     assert load_ensemble("models:/sed@candidate", use_onnx=False, tracking=tracking).classes == ["aaa", "bbb"]
     assert len(model_files("models:/sed/1", tracking)) == 1
     with pytest.raises(ValueError, match="expected models:/<name>@<alias>"):
         model_files("models:/", tracking)
+    with pytest.raises(ValueError, match="models:/other@candidate: .*other"):
+        model_files("models:/other@candidate", tracking)
 
 
 def test_oof_scores_of_constant_predictions_are_chance():
