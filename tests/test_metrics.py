@@ -119,6 +119,13 @@ def test_macro_auc_leaves_out_all_positive_column():
     assert metrics.macro_auc(y_true, y_prob) == pytest.approx(1.0)
 
 
+def test_constant_predictions_score_chance():
+    y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+    scores = metrics.oof_scores(y, np.full(y.shape, 0.3), ["a", "b"])
+    assert scores["birdclef2024"] == 0.5 and scores["birdclef2022"] == 0.5
+    assert scores["birdclef2021"] == pytest.approx(0.25)  # only the nocall row is right
+
+
 def test_per_species_table(matrices):
     y_true, y_prob = matrices
     table = metrics.per_species_table(y_true, y_prob, CLASSES)
