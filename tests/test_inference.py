@@ -123,6 +123,13 @@ def test_predict_cli_torch_matches_onnx(tmp_path, tiny_dataset):
     onnx, eager = pl.read_csv(tmp_path / "onnx.csv"), pl.read_csv(tmp_path / "torch.csv")
     assert onnx["row_id"].to_list() == eager["row_id"].to_list()
     np.testing.assert_allclose(onnx.select(classes).to_numpy(), eager.select(classes).to_numpy(), atol=1e-4)
+    # the .onnx files alone (classes and mel config in their metadata) are a complete model
+    for k, path in enumerate(sorted(model_dir.rglob("best.onnx"))):
+        (tmp_path / "deploy" / f"fold-{k}.onnx").parent.mkdir(exist_ok=True)
+        (tmp_path / "deploy" / f"fold-{k}.onnx").write_bytes(path.read_bytes())
+    deploy = ["predict", "--model", str(tmp_path / "deploy"), "--audio", str(audio), "--format", "2025"]
+    assert main([*deploy, "--out", str(tmp_path / "deploy.csv")]) == 0
+    assert pl.read_csv(tmp_path / "deploy.csv").equals(onnx)
 
 
 def test_registered_model_alias_resolves_to_fold_checkpoints(tmp_path, monkeypatch):
