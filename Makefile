@@ -43,8 +43,14 @@ ui: env $(DAGSTER_HOME)/dagster.yaml
 
 bench: bench-cache bench-train bench-infer
 
+bench-cache: env
+	$(PY) bench/bench_cache.py
+
 bench-train: env
 	$(PY) bench/bench_train.py
+
+bench-infer: env
+	$(PY) bench/bench_infer.py
 
 clean-demo:
 	rm -rf $(DEMO_DATA) data/work data/mlflow.db data/mlartifacts $(DAGSTER_HOME)

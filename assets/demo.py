@@ -6,16 +6,19 @@ Runs the same jobs the UI offers, against the instance in $DAGSTER_HOME, so afte
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import dagster as dg
 
-from birdpipe.paths import PROJECT_ROOT
+from birdpipe.paths import PROJECT_ROOT, default_data_root
 
 from .definitions import defs
 from .features import CACHE_PARTITIONS
+from .resources import CONFIG
 from .training import FOLD_PARTITIONS
 
 
@@ -38,9 +41,12 @@ def latest(instance: dg.DagsterInstance, key: str, partition: str | None = None)
     return {k: v.value for k, v in records[0].asset_materialization.metadata.items()} if records else {}
 
 
-def main() -> int:
-    instance = dg.DagsterInstance.get()
-    start = time.perf_counter()
+def _rel(path: str) -> str:
+    return os.path.relpath(path, PROJECT_ROOT)
+
+
+def materialize_all(instance: dg.DagsterInstance) -> None:
+    """Every job in dependency order; each fold and cache shard is its own run, as in the UI."""
     run_job("prepare_job", instance)
     if CACHE_PARTITIONS is not None:
         for shard in CACHE_PARTITIONS.get_partition_keys():
@@ -50,26 +56,37 @@ def main() -> int:
         run_job("train_job", instance, fold)
     run_job("evaluate_job", instance)
 
-    oof = latest(instance, "oof_predictions")
-    sub = latest(instance, "submission")
-    print("\n=== birdpipe demo ===")
-    print(f"wall time: {time.perf_counter() - start:.0f} s")
+
+def report(instance: dg.DagsterInstance) -> None:
+    """Scores, MLflow run ids and output paths from the latest materializations."""
+    oof, thresholds, sub = (latest(instance, k) for k in ("oof_predictions", "thresholds", "submission"))
+    print(f"\n=== birdpipe: {_rel(str(default_data_root()))} ===")
     for fold in FOLD_PARTITIONS.get_partition_keys():
         m = latest(instance, "trained_model", fold)
-        print(f"fold {fold}: best {m.get('metric')} {m.get('best_score', float('nan')):.4f}  mlflow run {m.get('mlflow_run_id')}")
-    for name in ("birdclef2025_roc_auc", "birdclef2023_padded_cmap", "birdclef2021_f1", "birdclef2022_score"):
-        if name in oof:
-            print(f"out-of-fold {name}: {oof[name]:.4f}")
-    print(f"submission: {sub.get('submission_csv')}")
-    for key, value in sub.items():
-        if key.startswith("score_"):
-            print(f"  {key.removeprefix('score_')} vs ground truth: {value:.4f}")
+        print(f"fold {fold}: best val {m['metric']} {m['best_score']:.4f} (epoch {m['best_epoch'] + 1}/{m['epochs']})  mlflow run {m['mlflow_run_id']}")
+    print(f"training parent run: {m['mlflow_parent_run_id']}   registered: {m['registered_model']} "
+          f"(alias @{CONFIG.tracking.model_alias} -> the latest fold, @{CONFIG.tracking.model_alias}-fold<k> -> each fold)")
+    print(f"out-of-fold macro ROC-AUC (birdclef2025): {oof['birdclef2025']:.4f}   padded cmAP (birdclef2023): "
+          f"{oof['birdclef2023']:.4f}   mlflow run {oof['mlflow_run_id']}")
+    print(f"thresholds: global {thresholds['global_threshold']:.3f}; out-of-fold {thresholds['objective']} "
+          f"{thresholds['global_score']:.4f} (global) / {thresholds['per_species_score']:.4f} (per species)")
+    print(f"submission ({sub['format']} format, {sub['rows']} rows): {_rel(sub['submission_csv'])}")
+    if sub.get("score_commands"):
+        print("each format scored on the labelled soundscapes:")
     for solution, submission, metric in sub.get("score_commands", []):
         cmd = [sys.executable, "-m", "birdpipe.cli", "score", "--solution", solution, "--submission", submission, "--metric", metric]
-        print(f"$ birdpipe score --solution {solution} --submission {submission} --metric {metric}", flush=True)
+        print(f"$ birdpipe score --solution {_rel(solution)} --submission {_rel(submission)} --metric {metric}", flush=True)
         subprocess.run(cmd, check=True, cwd=PROJECT_ROOT)
-    print(f"MLflow: {PROJECT_ROOT / 'data' / 'mlflow.db'}  (make ui -> http://127.0.0.1:5000)")
-    print("Dagster: make ui -> http://127.0.0.1:3000")
+    print(f"outputs: {_rel(str(Path(sub['submission_csv']).parents[2]))}/   MLflow store: data/mlflow.db")
+    print("browse both: make ui  (Dagster http://127.0.0.1:3000, MLflow http://127.0.0.1:5000)")
+
+
+def main() -> int:
+    instance = dg.DagsterInstance.get()
+    start = time.perf_counter()
+    materialize_all(instance)
+    report(instance)
+    print(f"wall time: {time.perf_counter() - start:.0f} s")
     return 0
 
 

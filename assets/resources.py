@@ -57,3 +57,16 @@ def lineage_tags(context: dg.AssetExecutionContext) -> dict[str, str]:
     if context.has_partition_key:
         tags["dagster.partition"] = context.partition_key
     return tags
+
+
+class DatasetIOManager(dg.ConfigurableIOManagerFactory):
+    """Asset values (small frames, paths, scores) stored under the dataset's own work folder.
+
+    One Dagster instance can then serve several datasets: switching the data root never
+    feeds one dataset's upstream values into another's downstream assets.
+    """
+
+    dataset: dg.ResourceDependency[Dataset]
+
+    def create_io_manager(self, context: dg.InitResourceContext) -> dg.IOManager:
+        return dg.FilesystemIOManager(base_dir=str(self.dataset.work.root / "dagster_io")).create_io_manager(context)

@@ -63,7 +63,7 @@ def submission(
             "rows": preds.height,
             "models": len(ensemble.members),
             "backend": "onnxruntime" if cfg.use_onnx else "torch",
-            **{f"score_{s.metric}": s.value for s in scores},
+            **{f"soundscape_{s.metric}": s.value for s in scores},
             "score_commands": [[str(s.solution), str(s.submission), s.metric] for s in scores],
             "mlflow_run_id": run.info.run_id,
         },

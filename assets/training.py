@@ -83,7 +83,7 @@ def trained_model(
             "metric": CONFIG.train.metric,
             "mlflow_run_id": result.run_id or "",
             "mlflow_parent_run_id": parent,
-            "registered_model": result.model_uri or "",
+            "registered_model": f"models:/{tracking.config.registered_model}/{result.model_version}" if result.model_version else "",
             "checkpoint": dg.MetadataValue.path(str(result.best_checkpoint)),
             "training_curve": png(curve),
         },

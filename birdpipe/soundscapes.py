@@ -2,9 +2,9 @@
 
 A Kaggle submission needs exactly one row per 5 s window; `expected_windows` counts them
 from the audio itself, so a soundscape that failed to decode shows up as missing rows in the
-schema check instead of a silently short file. Labelled soundscapes (the synthetic set's
-`test_soundscape_labels.csv`, or a BirdCLEF 2021-style `train_soundscape_labels.csv`) give
-a local score for each format, the same way Kaggle would compute it.
+schema check instead of a silently short file. Labelled soundscapes (`test_soundscape_labels.csv`
+at the dataset root: soundscape_id, end_seconds, birds, as the synthetic set writes it) give a
+local score for each format, the same way Kaggle would compute it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from birdpipe.thresholds import Thresholds
 FORMAT_FILES = {"2021": "birdclef2021", "2022": "birdclef2022", "2025": "birdclef2025"}
 #: Metrics scored on each format's file.
 FORMAT_METRICS = {"2021": ("birdclef2021",), "2022": ("birdclef2022",), "2025": ("birdclef2023", "birdclef2025")}
-LABEL_FILES = ("test_soundscape_labels.csv", "train_soundscape_labels.csv")
+LABELS_FILE = "test_soundscape_labels.csv"
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,8 @@ def write_all_formats(
 
 def find_labels(data_root: Path) -> Path | None:
     """The per-window labels of the soundscapes, if the dataset has them."""
-    return next((data_root / n for n in LABEL_FILES if (data_root / n).is_file()), None)
+    path = data_root / LABELS_FILE
+    return path if path.is_file() else None
 
 
 def score_formats(

@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from assets.definitions import ALL_ASSETS, ALL_CHECKS, JOBS
-from assets.resources import Dataset, Tracking
+from assets.resources import Dataset, DatasetIOManager, Tracking
 from assets.training import FOLD_PARTITIONS
 
 
@@ -16,9 +16,9 @@ def _defs(data_root, tmp_path) -> dg.Definitions:
         asset_checks=ALL_CHECKS,
         jobs=JOBS,
         resources={
-            "dataset": Dataset(root=str(data_root), work_root=str(tmp_path / "work")),
+            "dataset": (dataset := Dataset(root=str(data_root), work_root=str(tmp_path / "work"))),
             "tracking": Tracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
-            "io_manager": dg.FilesystemIOManager(base_dir=str(tmp_path / "io")),
+            "io_manager": DatasetIOManager(dataset=dataset),
         },
     )
 
