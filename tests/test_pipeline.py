@@ -1,5 +1,7 @@
 """The whole asset graph, in process, on a tiny synthetic dataset (tests/e2e.toml config)."""
 
+import shutil
+
 import dagster as dg
 import mlflow
 import polars as pl
@@ -61,3 +63,39 @@ def test_whole_graph_on_synthetic_data(tiny_dataset, tmp_path):
     assert sorted(runs["tags.dagster.partition"]) == FOLD_PARTITIONS.get_partition_keys()
     assert runs["tags.mlflow.parentRunId"].nunique() == 1, "fold runs share one parent run"
     assert (runs["metrics.val_score"].notna()).all() and (runs["params.train.model.backbone"] == "test_efficientnet").all()
+
+
+def test_bad_rows_and_files_are_quarantined_and_flagged_not_fatal(tiny_dataset, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    meta = pl.read_csv(data / "train_metadata.csv")
+    broken = meta["filename"][0]
+    (data / "train_audio" / broken).write_bytes(b"not audio at all")
+    unknown = meta.head(1).with_columns(pl.lit("zzzzzz").alias("primary_label"), pl.lit("zzzzzz/XC1.ogg").alias("filename"))
+    pl.concat([meta, unknown]).write_csv(data / "train_metadata.csv")
+
+    defs = _defs(data, tmp_path)
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = defs.resolve_job_def("prepare_job").execute_in_process(instance=instance)
+    assert result.success
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"labels_in_taxonomy": True, "audio_files_exist": False}
+    assert _metadata(result, "train_metadata")["quarantined"] == 1
+    assert broken in _metadata(result, "audio_manifest")["quarantine"]
+    folds = result.output_for_node("folds")
+    assert folds.height == meta.height - 1 and broken not in folds["filename"].to_list()
+
+
+def test_dataset_sensor_requests_a_run_only_when_the_data_changes(tiny_dataset, tmp_path):
+    from assets.sensors import dataset_changed
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    resources = {"dataset": Dataset(root=str(data), work_root=str(tmp_path / "work"))}
+    first = dataset_changed(dg.build_sensor_context(resources=resources))
+    assert len(first.run_requests) == 1
+    unchanged = dataset_changed(dg.build_sensor_context(cursor=first.cursor, resources=resources))
+    assert isinstance(unchanged, dg.SkipReason)
+    (data / "train_audio" / "new.ogg").write_bytes(next((data / "test_soundscapes").glob("*.ogg")).read_bytes())
+    changed = dataset_changed(dg.build_sensor_context(cursor=first.cursor, resources=resources))
+    assert len(changed.run_requests) == 1 and changed.cursor != first.cursor
