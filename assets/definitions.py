@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from . import evaluation, features, ingest, submission, training
-from .resources import Dataset, DatasetIOManager, Tracking
+from .resources import Dataset, Tracking, dataset_io_manager
 from .sensors import dataset_changed
 
 ALL_ASSETS = dg.load_assets_from_modules([ingest, features, training, evaluation, submission])
@@ -41,5 +41,5 @@ defs = dg.Definitions(
     asset_checks=ALL_CHECKS,
     jobs=JOBS,
     sensors=[dataset_changed],
-    resources={"dataset": (dataset := Dataset()), "tracking": Tracking(), "io_manager": DatasetIOManager(dataset=dataset)},
+    resources={"dataset": Dataset(), "tracking": Tracking(), "io_manager": dataset_io_manager},
 )

@@ -59,14 +59,12 @@ def lineage_tags(context: dg.AssetExecutionContext) -> dict[str, str]:
     return tags
 
 
-class DatasetIOManager(dg.ConfigurableIOManagerFactory):
+@dg.io_manager(required_resource_keys={"dataset"})
+def dataset_io_manager(context: dg.InitResourceContext) -> dg.IOManager:
     """Asset values (small frames, paths, scores) stored under the dataset's own work folder.
 
-    One Dagster instance can then serve several datasets: switching the data root never
-    feeds one dataset's upstream values into another's downstream assets.
+    One Dagster instance can then serve several datasets: switching the data root, also by
+    run config, never feeds one dataset's upstream values into another's downstream assets.
     """
-
-    dataset: dg.ResourceDependency[Dataset]
-
-    def create_io_manager(self, context: dg.InitResourceContext) -> dg.IOManager:
-        return dg.FilesystemIOManager(base_dir=str(self.dataset.work.root / "dagster_io")).create_io_manager(context)
+    dataset: Dataset = context.resources.dataset
+    return dg.FilesystemIOManager(base_dir=str(dataset.work.root / "dagster_io")).create_io_manager(context)

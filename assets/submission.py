@@ -34,8 +34,8 @@ def submission(
     if soundscape_dir is None:
         raise FileNotFoundError(f"{dataset.root}: no test_soundscapes/, unlabeled_soundscapes/ or train_soundscapes/")
     files = list_audio(soundscape_dir)
-    model_dir = Path(next(iter(trained_model.values()))["best_checkpoint"]).parent.parent
-    ensemble = load_ensemble(model_dir, use_onnx=cfg.use_onnx, combine=cfg.ensemble)
+    checkpoints = [Path(trained_model[k]["best_checkpoint"]) for k in sorted(trained_model, key=int)]
+    ensemble = load_ensemble(checkpoints, use_onnx=cfg.use_onnx, combine=cfg.ensemble)
     preds = predict_soundscapes(ensemble, files, ensemble.mel, cfg, progress=False, skip_errors=True)
     out = dataset.work.stage("submission", version(TRAIN_VERSION, CONFIG.thresholds, cfg))
     scored = load_scored_birds(dataset.layout.root / cfg.scored_birds) if cfg.scored_birds else None

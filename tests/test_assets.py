@@ -77,10 +77,10 @@ MATERIALIZE_SHARDS = """
 import sys
 import dagster as dg
 from assets.definitions import ALL_ASSETS, ALL_CHECKS, JOBS
-from assets.resources import Dataset, DatasetIOManager, Tracking
+from assets.resources import Dataset, Tracking, dataset_io_manager
 dataset = Dataset(root=sys.argv[1], work_root=sys.argv[2])
 defs = dg.Definitions(assets=ALL_ASSETS, asset_checks=ALL_CHECKS, jobs=JOBS, resources={
-    "dataset": dataset, "io_manager": DatasetIOManager(dataset=dataset), "tracking": Tracking(tracking_uri=sys.argv[3])})
+    "dataset": dataset, "io_manager": dataset_io_manager, "tracking": Tracking(tracking_uri=sys.argv[3])})
 with dg.DagsterInstance.ephemeral() as instance:
     defs.resolve_job_def("prepare_job").execute_in_process(instance=instance)
     for shard in ("0", "1"):

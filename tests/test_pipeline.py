@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from assets.definitions import ALL_ASSETS, ALL_CHECKS, JOBS
-from assets.resources import Dataset, DatasetIOManager, Tracking
+from assets.resources import Dataset, Tracking, dataset_io_manager
 from assets.training import FOLD_PARTITIONS
 
 
@@ -18,9 +18,9 @@ def _defs(data_root, tmp_path) -> dg.Definitions:
         asset_checks=ALL_CHECKS,
         jobs=JOBS,
         resources={
-            "dataset": (dataset := Dataset(root=str(data_root), work_root=str(tmp_path / "work"))),
+            "dataset": Dataset(root=str(data_root), work_root=str(tmp_path / "work")),
             "tracking": Tracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
-            "io_manager": DatasetIOManager(dataset=dataset),
+            "io_manager": dataset_io_manager,
         },
     )
 
