@@ -66,8 +66,9 @@ def report(instance: dg.DagsterInstance) -> None:
         print(f"fold {fold}: best val {m['metric']} {m['best_score']:.4f} (epoch {m['best_epoch'] + 1}/{m['epochs']})  mlflow run {m['mlflow_run_id']}")
     print(f"training parent run: {m['mlflow_parent_run_id']}   registered: {m['registered_model']} "
           f"(alias @{CONFIG.tracking.model_alias} -> the latest fold, @{CONFIG.tracking.model_alias}-fold<k> -> each fold)")
-    print(f"out-of-fold macro ROC-AUC (birdclef2025): {oof['birdclef2025']:.4f}   padded cmAP (birdclef2023): "
-          f"{oof['birdclef2023']:.4f}   mlflow run {oof['mlflow_run_id']}")
+    print(f"out-of-fold macro ROC-AUC (birdclef2025): pooled {oof['birdclef2025']:.4f}, mean of folds "
+          f"{oof['fold_mean_birdclef2025']:.4f}   padded cmAP (birdclef2023): pooled {oof['birdclef2023']:.4f}, "
+          f"mean of folds {oof['fold_mean_birdclef2023']:.4f}   mlflow run {oof['mlflow_run_id']}")
     print(f"thresholds: global {thresholds['global_threshold']:.3f}; out-of-fold {thresholds['objective']} "
           f"{thresholds['global_score']:.4f} (global) / {thresholds['per_species_score']:.4f} (per species)")
     print(f"submission ({sub['format']} format, {sub['rows']} rows): {_rel(sub['submission_csv'])}")

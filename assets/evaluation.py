@@ -8,8 +8,9 @@ import polars as pl
 from birdpipe import tracking as mlf
 from birdpipe.cache import MelCacheReader
 from birdpipe.config import version
+from birdpipe.folds import ALWAYS_TRAIN
 from birdpipe.metrics import oof_scores, per_species_table
-from birdpipe.oof import class_columns, label_matrix, predict_out_of_fold, probability_matrix
+from birdpipe.oof import class_columns, fold_scores, label_matrix, predict_out_of_fold, probability_matrix
 from birdpipe.thresholds import Thresholds, calibrate, plot_curve
 
 from .features import cache_dir
@@ -39,16 +40,19 @@ def oof_predictions(
     oof.write_parquet(out / "oof.parquet")
     y_true, y_prob = label_matrix(oof, classes), probability_matrix(oof, classes)
     scores = oof_scores(y_true, y_prob, classes)
+    per_fold = fold_scores(oof, classes)
     species = per_species_table(y_true, y_prob, classes)
     species.write_csv(out / "per_species.csv")
-    with mlf.stage_run(tracking.config, "oof_predictions", lineage_tags(context)) as run:
-        mlf.log_metrics({f"oof_{k}": v for k, v in scores.items()})
+    with mlf.stage_run(tracking.config_for(dataset), "oof_predictions", lineage_tags(context, dataset)) as run:
+        mlf.log_metrics({f"oof_{k}": v for k, v in scores.items()} | per_fold)
         mlf.log_artifacts(out)
     return dg.Output(
         str(out / "oof.parquet"),
         metadata={
             **scores,
+            **{k: v for k, v in per_fold.items() if k.startswith("fold_mean_")},
             "windows": oof.height,
+            "always_train_recordings": folds.filter(pl.col("fold") == ALWAYS_TRAIN).height,
             "per_species": md_table(species, 30),
             "mlflow_run_id": run.info.run_id,
             "oof_parquet": dg.MetadataValue.path(str(out / "oof.parquet")),
@@ -69,7 +73,7 @@ def thresholds(
     result.to_json(out / "thresholds.json")
     plot = plot_curve(result, out / "threshold_curve.png")
     calibrated = oof_scores(y_true, y_prob, classes, threshold=result.vector(classes))
-    with mlf.stage_run(tracking.config, "thresholds", lineage_tags(context)) as run:
+    with mlf.stage_run(tracking.config_for(dataset), "thresholds", lineage_tags(context, dataset)) as run:
         mlf.log_params(CONFIG.thresholds, "thresholds.")
         mlf.log_metrics(
             {"global_threshold": result.global_threshold, "global_score": result.global_score,

@@ -5,6 +5,7 @@ else defaults), because each asset's `code_version` is derived from it: edit the
 reload the location, and the assets whose parameters changed show as unsynced.
 """
 
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -40,16 +41,21 @@ class Tracking(dg.ConfigurableResource):
     tracking_uri: str | None = CONFIG.tracking.tracking_uri
     experiment: str = CONFIG.tracking.experiment
 
-    @property
-    def config(self) -> TrackingConfig:
-        from dataclasses import replace
+    def config_for(self, dataset: Dataset) -> TrackingConfig:
+        """The store and experiment, with one registered model per dataset: models of other
+        species lists never become versions of one another."""
+        return replace(
+            CONFIG.tracking,
+            tracking_uri=self.tracking_uri,
+            experiment=self.experiment,
+            registered_model=f"{CONFIG.tracking.registered_model}-{Path(dataset.root).resolve().name}",
+        )
 
-        return replace(CONFIG.tracking, tracking_uri=self.tracking_uri, experiment=self.experiment)
 
-
-def lineage_tags(context: dg.AssetExecutionContext) -> dict[str, str]:
-    """Tags tying an MLflow run back to the Dagster run, asset and partition that made it."""
+def lineage_tags(context: dg.AssetExecutionContext, dataset: Dataset) -> dict[str, str]:
+    """Tags tying an MLflow run back to the dataset, and the Dagster run, asset and partition that made it."""
     tags = {
+        "birdpipe.dataset": str(Path(dataset.root).resolve()),
         "dagster.run_id": context.run.run_id,
         "dagster.asset_key": context.asset_key.to_user_string(),
         "dagster.code_version": context.assets_def.code_versions_by_key.get(context.asset_key) or "",

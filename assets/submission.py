@@ -45,7 +45,7 @@ def submission(
         raven_tables(preds, ensemble.classes, thresholds, out / "raven", ensemble.mel)
     labels = find_labels(dataset.layout.root)
     scores = score_formats(labels, paths, ensemble.classes, out, scored) if labels else []
-    with mlf.stage_run(tracking.config, "submission", lineage_tags(context)) as run:
+    with mlf.stage_run(tracking.config_for(dataset), "submission", lineage_tags(context, dataset)) as run:
         mlf.log_metrics({f"soundscape_{s.metric}": s.value for s in scores})
         mlf.log_artifacts(out)
     return dg.Output(

@@ -57,13 +57,14 @@ def trained_model(
     fold = int(context.partition_key)
     cache = MelCacheReader(cache_dir(mel_cache))
     out_dir = dataset.work.stage("trained_model", TRAIN_VERSION) / f"fold-{fold}"
-    tags = lineage_tags(context) | {"birdpipe.mel_cache_digest": cache.digest}
+    trk = tracking.config_for(dataset)
+    tags = lineage_tags(context, dataset) | {"birdpipe.mel_cache_digest": cache.digest}
     # One parent per training of all folds: the backfill when there is one, else the inputs.
     parent_key = context.run.tags.get("dagster/backfill") or version(TRAIN_VERSION, cache.digest, frame_digest(folds))
-    parent = mlf.parent_run(tracking.config, parent_key, "trained_model", {"birdpipe.train_version": TRAIN_VERSION})
+    parent = mlf.parent_run(trk, parent_key, "trained_model", {"birdpipe.train_version": TRAIN_VERSION})
     result = train_fold(
         cache, folds, train_metadata, taxonomy["primary_label"].to_list(), fold, CONFIG.train, out_dir,
-        tracking=tracking.config, tags=tags, parent_run_id=parent, log=context.log.info,
+        tracking=trk, tags=tags, parent_run_id=parent, log=context.log.info,
         audio_root=dataset.layout.train_audio,
     )
     curve = plot_history(result.history, out_dir / "history.png")
@@ -83,7 +84,7 @@ def trained_model(
             "metric": CONFIG.train.metric,
             "mlflow_run_id": result.run_id or "",
             "mlflow_parent_run_id": parent,
-            "registered_model": f"models:/{tracking.config.registered_model}/{result.model_version}" if result.model_version else "",
+            "registered_model": f"models:/{trk.registered_model}/{result.model_version}" if result.model_version else "",
             "checkpoint": dg.MetadataValue.path(str(result.best_checkpoint)),
             "training_curve": png(curve),
         },

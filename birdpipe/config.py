@@ -94,6 +94,9 @@ class FoldConfig:
     seed: int = 42
     #: Keep recordings sharing this metadata column (e.g. "author") in one fold.
     group_column: str | None = None
+    #: Species with fewer recordings are never held out (fold -1): every fold model learns
+    #: them, and they get no out-of-fold prediction. 0 holds every recording out once.
+    always_train_below: int = 0
 
 
 @dataclass(frozen=True)
@@ -207,6 +210,7 @@ class TrackingConfig:
     #: Default: $MLFLOW_TRACKING_URI, else sqlite:///<project>/data/mlflow.db.
     tracking_uri: str | None = None
     experiment: str = "birdpipe"
+    #: The Dagster assets register `<registered_model>-<dataset folder name>`.
     registered_model: str = "birdpipe-sed"
     model_alias: str = "candidate"
 

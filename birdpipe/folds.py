@@ -3,7 +3,9 @@
 Folds are assigned per recording, never per window, so no window of a validation recording
 is seen in training. Stratified on the primary label so rare species are spread across
 folds; optionally grouped (e.g. by `author`, a proxy for site) to keep one recordist's
-recordings in one fold.
+recordings in one fold. A species with only one or two recordings held out in some fold is
+a species that fold's model never hears; `always_train_below` keeps such species in every
+training set instead (fold `ALWAYS_TRAIN`), as BirdCLEF solutions do.
 """
 
 from __future__ import annotations
@@ -16,15 +18,21 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from birdpipe.config import FoldConfig
 
+#: The fold of recordings that are in every fold's training set and never validated.
+ALWAYS_TRAIN = -1
+
 
 def assign_folds(recordings: pl.DataFrame, cfg: FoldConfig) -> pl.DataFrame:
     """`filename, primary_label, fold` for every recording, stratified on primary_label."""
-    n = recordings.height
     if cfg.n_folds < 2:
         raise ValueError(f"n_folds must be at least 2, got {cfg.n_folds}")
-    if n < cfg.n_folds:
-        raise ValueError(f"{n} recordings cannot fill {cfg.n_folds} folds")
+    species_size = pl.col("filename").count().over("primary_label")
     ordered = recordings.select("filename", "primary_label", *_group(cfg)).sort("filename")
+    always = ordered.filter(species_size < cfg.always_train_below)
+    ordered = ordered.filter(species_size >= cfg.always_train_below)
+    n = ordered.height
+    if n < cfg.n_folds:
+        raise ValueError(f"{n} recordings to validate cannot fill {cfg.n_folds} folds")
     labels = ordered["primary_label"].to_numpy()
     fold = np.full(n, -1, dtype=np.int64)
     with warnings.catch_warnings():
@@ -38,7 +46,9 @@ def assign_folds(recordings: pl.DataFrame, cfg: FoldConfig) -> pl.DataFrame:
             splits = StratifiedKFold(cfg.n_folds, shuffle=True, random_state=cfg.seed).split(np.zeros(n), labels)
         for k, (_, valid) in enumerate(splits):
             fold[valid] = k
-    return ordered.select("filename", "primary_label").with_columns(pl.Series("fold", fold))
+    held_out = ordered.select("filename", "primary_label").with_columns(pl.Series("fold", fold))
+    kept = always.select("filename", "primary_label").with_columns(pl.lit(ALWAYS_TRAIN, dtype=pl.Int64).alias("fold"))
+    return pl.concat([held_out, kept]).sort("filename")
 
 
 def fold_summary(folds: pl.DataFrame) -> pl.DataFrame:

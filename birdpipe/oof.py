@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 
 from birdpipe.cache import MelCacheReader
+from birdpipe.folds import ALWAYS_TRAIN
 from birdpipe.labels import target_matrix
 from birdpipe.models import load_model
 from birdpipe.training import predict_windows, select_device
@@ -28,9 +29,13 @@ def predict_out_of_fold(
     device: str = "auto",
     chunk_windows: int = 2048,
 ) -> tuple[pl.DataFrame, list[str]]:
-    """Window metadata, fold and one probability column per class; windows read in bounded chunks."""
+    """Window metadata, fold and one probability column per class; windows read in bounded chunks.
+
+    Recordings in no validation fold (`folds.ALWAYS_TRAIN`) have no out-of-fold prediction.
+    """
     dev = select_device(device)
-    windows = cache.windows.select(WINDOW_COLUMNS).join(folds.select("filename", "fold"), on="filename")
+    held_out = folds.filter(pl.col("fold") != ALWAYS_TRAIN).select("filename", "fold")
+    windows = cache.windows.select(WINDOW_COLUMNS).join(held_out, on="filename")
     missing = sorted(set(windows["fold"].unique().to_list()) - set(checkpoints))
     if missing:
         raise ValueError(f"no trained model for fold(s) {missing}: materialize every trained_model partition")
@@ -66,3 +71,21 @@ def class_columns(oof: pl.DataFrame) -> list[str]:
 
 def probability_matrix(oof: pl.DataFrame, classes: list[str]) -> np.ndarray:
     return oof.select(classes).to_numpy().astype(np.float32)
+
+
+def fold_scores(oof: pl.DataFrame, classes: list[str]) -> dict[str, float]:
+    """Each year's metric per fold and their mean (`fold_mean_<metric>`): the usual CV score.
+
+    Pooled out-of-fold scores compare probabilities of different fold models; a species whose
+    few recordings all sit in one fold is scored only by the model that never learnt it, which
+    drags the pooled macro AUC down. The per-fold view leaves that comparison out.
+    """
+    from birdpipe.metrics import oof_scores
+
+    per_fold = {}
+    for (fold,), part in oof.group_by("fold", maintain_order=True):
+        per_fold[int(fold)] = oof_scores(label_matrix(part, classes), probability_matrix(part, classes), classes)
+    out = {f"fold{k}_{m}": v for k, scores in sorted(per_fold.items()) for m, v in scores.items()}
+    for metric in next(iter(per_fold.values())):
+        out[f"fold_mean_{metric}"] = float(np.nanmean([s[metric] for s in per_fold.values()]))
+    return out

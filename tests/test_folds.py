@@ -38,3 +38,21 @@ def test_group_column_keeps_groups_together():
 def test_too_few_recordings_is_a_clear_error():
     with pytest.raises(ValueError, match="cannot fill 5 folds"):
         assign_folds(_recordings({"aaa": 3}), FoldConfig(n_folds=5))
+
+
+def test_rare_species_can_stay_in_every_training_set():
+    from birdpipe.dataset import fold_windows
+    from birdpipe.folds import ALWAYS_TRAIN
+
+    recs = _recordings({"aaa": 10, "bbb": 6, "ccc": 2, "ddd": 1})
+    folds = assign_folds(recs, FoldConfig(n_folds=3, seed=0, always_train_below=3))
+    always = folds.filter(pl.col("fold") == ALWAYS_TRAIN)
+    assert sorted(always["primary_label"].unique()) == ["ccc", "ddd"] and always.height == 3
+    assert set(folds.filter(pl.col("fold") >= 0)["fold"]) == {0, 1, 2}
+    windows = recs.select("filename").with_row_index("row").with_columns(
+        pl.lit(0).alias("window_index"), pl.lit(0.0).alias("start_seconds"), pl.lit(5.0).alias("end_seconds")
+    )
+    meta = recs.with_columns(pl.lit([], dtype=pl.List(pl.String)).alias("secondary_labels"))
+    for k in range(3):
+        train, valid = fold_windows(windows, folds, meta, k)
+        assert set(always["filename"]) <= set(train["filename"]) and not set(always["filename"]) & set(valid["filename"])
