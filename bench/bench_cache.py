@@ -61,7 +61,7 @@ def _usual_one(job: tuple[str, dict]) -> tuple[float, int]:
 
 def run_usual(files: list[str], data: Path, workers: int, noise_mode: str) -> dict:
     from birdpipe.config import to_dict
-    from birdpipe.manifest import imap_unordered
+    from birdpipe.parallel import imap_unordered
 
     cfg = to_dict(mel_config(noise_mode))
     t0 = time.perf_counter()

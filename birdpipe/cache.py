@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from birdpipe import audio, features
 from birdpipe.config import CacheConfig, MelConfig, from_dict, to_dict, version
-from birdpipe.manifest import imap_unordered
+from birdpipe.parallel import imap_unordered
 from birdpipe.paths import DatasetLayout
 
 INDEX_SCHEMA = {
