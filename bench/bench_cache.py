@@ -17,7 +17,6 @@ section of docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform

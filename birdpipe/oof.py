@@ -15,6 +15,7 @@ import polars as pl
 from birdpipe.cache import MelCacheReader
 from birdpipe.folds import ALWAYS_TRAIN
 from birdpipe.labels import target_matrix
+from birdpipe.metrics import oof_scores
 from birdpipe.models import load_model
 from birdpipe.training import predict_windows, select_device
 
@@ -80,8 +81,6 @@ def fold_scores(oof: pl.DataFrame, classes: list[str]) -> dict[str, float]:
     few recordings all sit in one fold is scored only by the model that never learnt it, which
     drags the pooled macro AUC down. The per-fold view leaves that comparison out.
     """
-    from birdpipe.metrics import oof_scores
-
     per_fold = {}
     for (fold,), part in oof.group_by("fold", maintain_order=True):
         per_fold[int(fold)] = oof_scores(label_matrix(part, classes), probability_matrix(part, classes), classes)

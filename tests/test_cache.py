@@ -111,7 +111,7 @@ def test_rerun_recomputes_nothing(data):
 
 def test_only_changed_new_and_removed_recordings_are_touched(data):
     root, recs, _ = data
-    first = _build(data)
+    _build(data)
     _write(root, "bbb/b1.wav", 6.0, seed=99)  # changed content and size
     os.utime(root / "ccc/c1.flac", ns=(1, 1))  # touched only: same content
     _write(root, "eee/e1.flac", 4.0, seed=7)  # new
