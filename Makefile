@@ -33,6 +33,7 @@ run: env $(DAGSTER_HOME)/dagster.yaml
 	BIRDPIPE_DATA=$(DATA) BIRDPIPE_CONFIG=$(CONFIG) $(PY) -m assets.demo
 
 test: env
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q
 
 ui: env $(DAGSTER_HOME)/dagster.yaml

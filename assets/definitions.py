@@ -1,45 +1,52 @@
-"""The birdpipe code location: every asset, check, resource, job and sensor."""
+"""The birdpipe code location: `defs = build_defs(load_config())`.
+
+`build_defs` builds every asset, check, job, sensor and resource from one validated config,
+so tests and scripts make definitions for any config in process. The config is read when the
+location loads (from $BIRDPIPE_CONFIG, else defaults): code versions derive from it, and a
+bad config fails the load with the file, key and value named on the code-location page.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import dagster as dg
+
+from birdpipe.config import PipelineConfig, load_config
 
 from . import evaluation, features, ingest, submission, training
 from .resources import Dataset, Tracking, dataset_io_manager
 from .sensors import dataset_changed
 
-ALL_ASSETS = dg.load_assets_from_modules([ingest, features, training, evaluation, submission])
-ALL_CHECKS = dg.load_asset_checks_from_modules([ingest, features, training, evaluation, submission])
 
-SHARDED = features.CACHE_PARTITIONS is not None
-_ingest = [ingest.taxonomy, ingest.train_metadata, ingest.audio_manifest]
+def build_defs(config: PipelineConfig, resources: Mapping[str, Any] | None = None) -> dg.Definitions:
+    """Definitions for `config`; `resources` replace the defaults (dataset and MLflow store from the environment)."""
+    assets = [a for module in (ingest, features, training, evaluation, submission) for a in module.build(config)]
+    shards = features.cache_partitions(config)
+    ingest_keys = ["taxonomy", "train_metadata", "audio_manifest"]
+    jobs = [
+        #: Everything before training: ingest, the cache and the folds (ingest only when the cache is sharded).
+        dg.define_asset_job("prepare_job", selection=ingest_keys + ([] if shards else ["mel_cache", "folds"])),
+        #: One fold's training per run; backfill all partitions to train every fold.
+        dg.define_asset_job("train_job", selection=["trained_model"]),
+        #: Out-of-fold scores, thresholds and the submission, after every fold is trained.
+        dg.define_asset_job("evaluate_job", selection=["oof_predictions", "thresholds", "submission"]),
+    ]
+    if shards:
+        #: A sharded cache: one run per shard partition, then the folds over all shards.
+        jobs += [
+            dg.define_asset_job("cache_job", selection=["mel_cache"]),
+            dg.define_asset_job("folds_job", selection=["folds"]),
+        ]
+    defaults = {"dataset": Dataset(), "tracking": Tracking.from_config(config.tracking), "io_manager": dataset_io_manager}
+    return dg.Definitions(
+        assets=[a for a in assets if not isinstance(a, dg.AssetChecksDefinition)],
+        asset_checks=[a for a in assets if isinstance(a, dg.AssetChecksDefinition)],
+        jobs=jobs,
+        sensors=[dataset_changed],
+        resources={**defaults, **(resources or {})},
+    )
 
-#: Everything before training: ingest, the cache and the folds (ingest only when the cache is sharded).
-prepare_job = dg.define_asset_job(
-    "prepare_job",
-    selection=dg.AssetSelection.assets(*_ingest, *([] if SHARDED else [features.mel_cache, training.folds])),
-)
-#: A sharded cache: one run per shard partition, then the folds over all shards.
-cache_job = dg.define_asset_job(
-    "cache_job", selection=dg.AssetSelection.assets(features.mel_cache), partitions_def=features.CACHE_PARTITIONS
-)
-folds_job = dg.define_asset_job("folds_job", selection=dg.AssetSelection.assets(training.folds))
-#: One fold's training per run; backfill all partitions to train every fold.
-train_job = dg.define_asset_job(
-    "train_job", selection=dg.AssetSelection.assets(training.trained_model), partitions_def=training.FOLD_PARTITIONS
-)
-#: Out-of-fold scores, thresholds and the submission, after every fold is trained.
-evaluate_job = dg.define_asset_job(
-    "evaluate_job",
-    selection=dg.AssetSelection.assets(evaluation.oof_predictions, evaluation.thresholds, submission.submission),
-)
 
-JOBS = [prepare_job, train_job, evaluate_job] + ([cache_job, folds_job] if SHARDED else [])
-
-defs = dg.Definitions(
-    assets=ALL_ASSETS,
-    asset_checks=ALL_CHECKS,
-    jobs=JOBS,
-    sensors=[dataset_changed],
-    resources={"dataset": Dataset(), "tracking": Tracking(), "io_manager": dataset_io_manager},
-)
+defs = build_defs(load_config())

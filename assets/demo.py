@@ -14,19 +14,19 @@ from pathlib import Path
 
 import dagster as dg
 
+from birdpipe.config import PipelineConfig, load_config
 from birdpipe.paths import PROJECT_ROOT, default_data_root
 
-from .definitions import defs
-from .features import CACHE_PARTITIONS
-from .resources import CONFIG
-from .training import FOLD_PARTITIONS
+from .definitions import build_defs
+from .features import cache_partitions
+from .training import fold_partitions
 
 
 #: Dagster's console logs at INFO: per-epoch progress and warnings, not every step event.
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
-def run_job(name: str, instance: dg.DagsterInstance, partition_key: str | None = None) -> None:
+def run_job(defs: dg.Definitions, name: str, instance: dg.DagsterInstance, partition_key: str | None = None) -> None:
     label = f"{name}[{partition_key}]" if partition_key else name
     start = time.perf_counter()
     print(f"-> {label} ...", flush=True)
@@ -45,27 +45,30 @@ def _rel(path: str) -> str:
     return os.path.relpath(path, PROJECT_ROOT)
 
 
-def materialize_all(instance: dg.DagsterInstance) -> None:
+def materialize_all(config: PipelineConfig, instance: dg.DagsterInstance) -> None:
     """Every job in dependency order; each fold and cache shard is its own run, as in the UI."""
-    run_job("prepare_job", instance)
-    if CACHE_PARTITIONS is not None:
-        for shard in CACHE_PARTITIONS.get_partition_keys():
-            run_job("cache_job", instance, shard)
-        run_job("folds_job", instance)
-    for fold in FOLD_PARTITIONS.get_partition_keys():
-        run_job("train_job", instance, fold)
-    run_job("evaluate_job", instance)
+    defs = build_defs(config)
+    run_job(defs, "prepare_job", instance)
+    shards = cache_partitions(config)
+    if shards is not None:
+        for shard in shards.get_partition_keys():
+            run_job(defs, "cache_job", instance, shard)
+        run_job(defs, "folds_job", instance)
+    for fold in fold_partitions(config).get_partition_keys():
+        run_job(defs, "train_job", instance, fold)
+    run_job(defs, "evaluate_job", instance)
 
 
-def report(instance: dg.DagsterInstance) -> None:
+def report(config: PipelineConfig, instance: dg.DagsterInstance) -> None:
     """Scores, MLflow run ids and output paths from the latest materializations."""
     oof, thresholds, sub = (latest(instance, k) for k in ("oof_predictions", "thresholds", "submission"))
     print(f"\n=== birdpipe: {_rel(str(default_data_root()))} ===")
-    for fold in FOLD_PARTITIONS.get_partition_keys():
+    alias = config.tracking.model_alias
+    for fold in fold_partitions(config).get_partition_keys():
         m = latest(instance, "trained_model", fold)
         print(f"fold {fold}: best val {m['metric']} {m['best_score']:.4f} (epoch {m['best_epoch'] + 1}/{m['epochs']})  mlflow run {m['mlflow_run_id']}")
     print(f"training parent run: {m['mlflow_parent_run_id']}   registered: {m['registered_model']} "
-          f"(alias @{CONFIG.tracking.model_alias} -> the latest fold, @{CONFIG.tracking.model_alias}-fold<k> -> each fold)")
+          f"(alias @{alias} -> the latest fold, @{alias}-fold<k> -> each fold)")
     print(f"out-of-fold macro ROC-AUC (birdclef2025): pooled {oof['birdclef2025']:.4f}, mean of folds "
           f"{oof['fold_mean_birdclef2025']:.4f}   padded cmAP (birdclef2023): pooled {oof['birdclef2023']:.4f}, "
           f"mean of folds {oof['fold_mean_birdclef2023']:.4f}   mlflow run {oof['mlflow_run_id']}")
@@ -83,10 +86,11 @@ def report(instance: dg.DagsterInstance) -> None:
 
 
 def main() -> int:
+    config = load_config()
     instance = dg.DagsterInstance.get()
     start = time.perf_counter()
-    materialize_all(instance)
-    report(instance)
+    materialize_all(config, instance)
+    report(config, instance)
     print(f"wall time: {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -1,102 +1,103 @@
 """Evaluation: out-of-fold predictions and their scores, and thresholds calibrated on them."""
 
-from typing import Any
-
 import dagster as dg
 import polars as pl
 
 from birdpipe import tracking as mlf
-from birdpipe.cache import MelCacheReader
-from birdpipe.config import version
-from birdpipe.folds import ALWAYS_TRAIN
-from birdpipe.metrics import oof_scores, per_species_table
-from birdpipe.oof import class_columns, fold_scores, label_matrix, predict_out_of_fold, probability_matrix
-from birdpipe.thresholds import Thresholds, calibrate, plot_curve
+from birdpipe.config import PipelineConfig
+from birdpipe.data.folds import ALWAYS_TRAIN
+from birdpipe.evaluation.metrics import oof_scores, per_species_table
+from birdpipe.evaluation.thresholds import Thresholds, calibrate, plot_curve
+from birdpipe.features.reader import MelCacheReader
 
-from .features import cache_dir
 from .meta import md_table, png
-from .resources import CONFIG, Dataset, Tracking, lineage_tags
-from .training import TRAIN_VERSION
+from .resources import Dataset, Tracking, lineage_tags
 
 GROUP = "evaluation"
 
 
-@dg.asset(group_name=GROUP, code_version=version("oof_predictions"), kinds={"parquet", "mlflow"})
-def oof_predictions(
-    context: dg.AssetExecutionContext,
-    dataset: Dataset,
-    tracking: Tracking,
-    mel_cache: Any,
-    folds: pl.DataFrame,
-    trained_model: dict[str, dict],
-) -> dg.Output[str]:
-    """Every window's prediction from the fold model that did not see it, scored with every year's metric."""
-    checkpoints = {int(k): v["best_checkpoint"] for k, v in trained_model.items()}
-    oof, classes = predict_out_of_fold(
-        MelCacheReader(cache_dir(mel_cache)), folds, checkpoints, device=CONFIG.train.device
-    )
-    out = dataset.work.stage("oof_predictions", TRAIN_VERSION)
-    out.mkdir(parents=True, exist_ok=True)
-    oof.write_parquet(out / "oof.parquet")
-    y_true, y_prob = label_matrix(oof, classes), probability_matrix(oof, classes)
-    scores = oof_scores(y_true, y_prob, classes)
-    per_fold = fold_scores(oof, classes)
-    species = per_species_table(y_true, y_prob, classes)
-    species.write_csv(out / "per_species.csv")
-    with mlf.stage_run(tracking.config_for(dataset), "oof_predictions", lineage_tags(context, dataset)) as run:
-        mlf.log_metrics({f"oof_{k}": v for k, v in scores.items()} | per_fold)
-        mlf.log_artifacts(out)
-    return dg.Output(
-        str(out / "oof.parquet"),
-        metadata={
-            **scores,
-            **{k: v for k, v in per_fold.items() if k.startswith("fold_mean_")},
-            "windows": oof.height,
-            "always_train_recordings": folds.filter(pl.col("fold") == ALWAYS_TRAIN).height,
-            "per_species": md_table(species, 30),
-            "mlflow_run_id": run.info.run_id,
-            "oof_parquet": dg.MetadataValue.path(str(out / "oof.parquet")),
-        },
-    )
+def build(cfg: PipelineConfig) -> list:
+    oof_version = cfg.stage_version("oof_predictions")
+    thresholds_version = cfg.stage_version("thresholds")
 
+    @dg.asset(group_name=GROUP, code_version=oof_version, deps=["mel_cache"], kinds={"parquet", "mlflow"})
+    def oof_predictions(
+        context: dg.AssetExecutionContext,
+        dataset: Dataset,
+        tracking: Tracking,
+        folds: pl.DataFrame,
+        trained_model: dict[str, dict],
+    ) -> dg.Output[str]:
+        """Every window's prediction from the fold model that did not see it, scored with every year's metric."""
+        from birdpipe.evaluation.oof import fold_scores, label_matrix, predict_out_of_fold, probability_matrix
 
-@dg.asset(group_name=GROUP, code_version=version(CONFIG.thresholds), kinds={"mlflow"})
-def thresholds(
-    context: dg.AssetExecutionContext, dataset: Dataset, tracking: Tracking, oof_predictions: str
-) -> dg.Output[Thresholds]:
-    """Global and per-species thresholds maximising the configured F1-type metric out of fold."""
-    oof = pl.read_parquet(oof_predictions)
-    classes = class_columns(oof)
-    y_true, y_prob = label_matrix(oof, classes), probability_matrix(oof, classes)
-    result = calibrate(y_true, y_prob, classes, CONFIG.thresholds)
-    out = dataset.work.stage("thresholds", version(TRAIN_VERSION, CONFIG.thresholds))
-    result.to_json(out / "thresholds.json")
-    plot = plot_curve(result, out / "threshold_curve.png")
-    calibrated = oof_scores(y_true, y_prob, classes, threshold=result.vector(classes))
-    with mlf.stage_run(tracking.config_for(dataset), "thresholds", lineage_tags(context, dataset)) as run:
-        mlf.log_params(CONFIG.thresholds, "thresholds.")
-        mlf.log_metrics(
-            {"global_threshold": result.global_threshold, "global_score": result.global_score,
-             "per_species_score": result.per_species_score,
-             **{f"calibrated_{k}": calibrated[k] for k in ("birdclef2021", "birdclef2022")}}
+        checkpoints = {int(k): v["best_checkpoint"] for k, v in trained_model.items()}
+        cache = MelCacheReader(dataset.mel_cache_dir(cfg.mel))
+        oof, classes = predict_out_of_fold(cache, folds, checkpoints, device=cfg.train.device)
+        out = dataset.work.stage("oof_predictions", oof_version)
+        out.mkdir(parents=True, exist_ok=True)
+        oof.write_parquet(out / "oof.parquet")
+        y_true, y_prob = label_matrix(oof, classes), probability_matrix(oof, classes)
+        scores = oof_scores(y_true, y_prob, classes)
+        per_fold = fold_scores(oof, classes)
+        species = per_species_table(y_true, y_prob, classes)
+        species.write_csv(out / "per_species.csv")
+        with mlf.stage_run(tracking.config_for(dataset), "oof_predictions", lineage_tags(context, dataset)) as run:
+            mlf.log_metrics({f"oof_{k}": v for k, v in scores.items()} | per_fold)
+            mlf.log_artifacts(out)
+        return dg.Output(
+            str(out / "oof.parquet"),
+            metadata={
+                **scores,
+                **{k: v for k, v in per_fold.items() if k.startswith("fold_mean_")},
+                "windows": oof.height,
+                "always_train_recordings": folds.filter(pl.col("fold") == ALWAYS_TRAIN).height,
+                "per_species": md_table(species, 30),
+                "mlflow_run_id": run.info.run_id,
+                "oof_parquet": dg.MetadataValue.path(str(out / "oof.parquet")),
+            },
         )
-        mlf.log_artifacts(out)
-    per_species = pl.DataFrame(
-        {"species": classes, "threshold": result.vector(classes), "positives": [result.positives[c] for c in classes]}
-    )
-    return dg.Output(
-        result,
-        metadata={
-            "objective": result.objective,
-            "global_threshold": result.global_threshold,
-            "global_score": result.global_score,
-            "per_species_score": result.per_species_score,
-            "calibrated_birdclef2021": calibrated["birdclef2021"],
-            "calibrated_birdclef2022": calibrated["birdclef2022"],
-            "curve": png(plot),
-            "per_species": md_table(per_species, 30),
-            "mlflow_run_id": run.info.run_id,
-            "thresholds_json": dg.MetadataValue.path(str(out / "thresholds.json")),
-        },
-    )
 
+    @dg.asset(group_name=GROUP, code_version=thresholds_version, kinds={"mlflow"})
+    def thresholds(
+        context: dg.AssetExecutionContext, dataset: Dataset, tracking: Tracking, oof_predictions: str
+    ) -> dg.Output[Thresholds]:
+        """Global and per-species thresholds maximising the configured F1-type metric out of fold."""
+        from birdpipe.evaluation.oof import class_columns, label_matrix, probability_matrix
+
+        oof = pl.read_parquet(oof_predictions)
+        classes = class_columns(oof)
+        y_true, y_prob = label_matrix(oof, classes), probability_matrix(oof, classes)
+        result = calibrate(y_true, y_prob, classes, cfg.thresholds)
+        out = dataset.work.stage("thresholds", thresholds_version)
+        result.to_json(out / "thresholds.json")
+        plot = plot_curve(result, out / "threshold_curve.png")
+        calibrated = oof_scores(y_true, y_prob, classes, threshold=result.vector(classes))
+        with mlf.stage_run(tracking.config_for(dataset), "thresholds", lineage_tags(context, dataset)) as run:
+            mlf.log_params(cfg.thresholds, "thresholds.")
+            mlf.log_metrics(
+                {"global_threshold": result.global_threshold, "global_score": result.global_score,
+                 "per_species_score": result.per_species_score,
+                 **{f"calibrated_{k}": calibrated[k] for k in ("birdclef2021", "birdclef2022")}}
+            )  # fmt: skip
+            mlf.log_artifacts(out)
+        per_species = pl.DataFrame(
+            {"species": classes, "threshold": result.vector(classes), "positives": [result.positives[c] for c in classes]}
+        )
+        return dg.Output(
+            result,
+            metadata={
+                "objective": result.objective,
+                "global_threshold": result.global_threshold,
+                "global_score": result.global_score,
+                "per_species_score": result.per_species_score,
+                "calibrated_birdclef2021": calibrated["birdclef2021"],
+                "calibrated_birdclef2022": calibrated["birdclef2022"],
+                "curve": png(plot),
+                "per_species": md_table(per_species, 30),
+                "mlflow_run_id": run.info.run_id,
+                "thresholds_json": dg.MetadataValue.path(str(out / "thresholds.json")),
+            },
+        )
+
+    return [oof_predictions, thresholds]

@@ -1,19 +1,13 @@
-"""Resources and the pipeline config every asset reads.
+"""Resources every asset may ask for: the dataset, the MLflow store, and the IO manager."""
 
-The config is loaded once, when Dagster loads this code location (from $BIRDPIPE_CONFIG,
-else defaults), because each asset's `code_version` is derived from it: edit the TOML and
-reload the location, and the assets whose parameters changed show as unsynced.
-"""
-
-from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
 
-from birdpipe.config import PipelineConfig, TrackingConfig, load_config
+from birdpipe.features.cache import cache_dir_for
+from birdpipe.features.config import MelConfig
 from birdpipe.paths import DatasetLayout, WorkLayout, default_data_root, default_work_root
-
-CONFIG: PipelineConfig = load_config()
+from birdpipe.tracking import TrackingConfig
 
 
 class Dataset(dg.ConfigurableResource):
@@ -34,21 +28,31 @@ class Dataset(dg.ConfigurableResource):
     def work(self) -> WorkLayout:
         return WorkLayout.for_dataset(Path(self.root), Path(self.work_root))
 
+    def mel_cache_dir(self, mel: MelConfig) -> Path:
+        """The cache folder of these mel parameters (every shard partition writes into it)."""
+        return cache_dir_for(self.work.root / "mel_cache", mel)
+
 
 class Tracking(dg.ConfigurableResource):
-    """MLflow store; default sqlite:///data/mlflow.db (or $MLFLOW_TRACKING_URI)."""
+    """The MLflow store and experiment; defaults from the config's `[tracking]` section."""
 
-    tracking_uri: str | None = CONFIG.tracking.tracking_uri
-    experiment: str = CONFIG.tracking.experiment
+    tracking_uri: str | None = None
+    experiment: str = TrackingConfig().experiment
+    registered_model: str = TrackingConfig().registered_model
+    model_alias: str = TrackingConfig().model_alias
+
+    @classmethod
+    def from_config(cls, cfg: TrackingConfig) -> "Tracking":
+        return cls(**cfg.to_dict())
 
     def config_for(self, dataset: Dataset) -> TrackingConfig:
         """The store and experiment, with one registered model per dataset: models of other
         species lists never become versions of one another."""
-        return replace(
-            CONFIG.tracking,
+        return TrackingConfig(
             tracking_uri=self.tracking_uri,
             experiment=self.experiment,
-            registered_model=f"{CONFIG.tracking.registered_model}-{Path(dataset.root).resolve().name}",
+            registered_model=f"{self.registered_model}-{Path(dataset.root).resolve().name}",
+            model_alias=self.model_alias,
         )
 
 

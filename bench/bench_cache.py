@@ -48,21 +48,20 @@ def mel_config(noise_mode: str):
 def _usual_one(job: tuple[str, dict]) -> tuple[float, int]:
     import librosa
 
-    from birdpipe.config import MelConfig, from_dict
-    from birdpipe.features import reference_log_mel_windows
+    from birdpipe.config import MelConfig
+    from birdpipe.features.mel import reference_log_mel_windows
 
     path, cfg = job
-    cfg = from_dict(MelConfig, cfg)
+    cfg = MelConfig.from_dict(cfg)
     wave, _ = librosa.load(path, sr=cfg.sample_rate)
     mels, _ = reference_log_mel_windows(wave, cfg)
     return len(wave) / cfg.sample_rate, len(mels)
 
 
 def run_usual(files: list[str], data: Path, workers: int, noise_mode: str) -> dict:
-    from birdpipe.config import to_dict
     from birdpipe.parallel import imap_unordered
 
-    cfg = to_dict(mel_config(noise_mode))
+    cfg = mel_config(noise_mode).to_dict()
     t0 = time.perf_counter()
     results = list(imap_unordered(_usual_one, [(str(data / "train_audio" / f), cfg) for f in files], workers))
     return {"wall": time.perf_counter() - t0, "audio": sum(r[0] for r in results), "windows": sum(r[1] for r in results)}
@@ -71,12 +70,13 @@ def run_usual(files: list[str], data: Path, workers: int, noise_mode: str) -> di
 def run_birdpipe(files: list[str], data: Path, workers: int, noise_mode: str) -> dict:
     import polars as pl
 
-    from birdpipe.cache import _read_recordings, build_mel_cache
+    from birdpipe.data.metadata import read_recordings
+    from birdpipe.features.cache import build_mel_cache
     from birdpipe.config import CacheConfig
     from birdpipe.paths import DatasetLayout
 
     layout = DatasetLayout(data)
-    recs = _read_recordings(layout).filter(pl.col("filename").is_in(files))
+    recs = read_recordings(layout).filter(pl.col("filename").is_in(files))
     mel, cache = mel_config(noise_mode), CacheConfig(workers=workers)
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
@@ -207,10 +207,10 @@ def main() -> None:
         print(json.dumps(run(files, args.data, args.workers, args.noise_mode)))
         return
 
-    from birdpipe.cache import _read_recordings
+    from birdpipe.data.metadata import read_recordings
     from birdpipe.paths import DatasetLayout
 
-    names = _read_recordings(DatasetLayout(args.data))["filename"].sample(fraction=1.0, shuffle=True, seed=0).to_list()
+    names = read_recordings(DatasetLayout(args.data))["filename"].sample(fraction=1.0, shuffle=True, seed=0).to_list()
     large = names[: args.files or len(names)]
     small = large[: max(1, round(args.small * len(large)))]
     results = {"birdpipe": [], "usual": []}

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from birdpipe.config import MelConfig, ModelConfig
-from birdpipe.export import OnnxModel, export_onnx
-from birdpipe.inference import TorchPredictor
-from birdpipe.models import build_model, model_meta
+from birdpipe.models.export import OnnxModel, export_onnx
+from birdpipe.models.predict import TorchPredictor
+from birdpipe.models.sed import build_model, model_meta
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"

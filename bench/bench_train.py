@@ -21,12 +21,12 @@ import numpy as np
 import polars as pl
 import torch
 
-from birdpipe.augment import batch_augment, waveform_augment
+from birdpipe.training.augment import batch_augment, waveform_augment
 from birdpipe.config import AugmentConfig, ModelConfig, PipelineConfig
-from birdpipe.dataset import MelWindows, Targets, WaveWindows, epoch_crops, fold_windows, make_loader
-from birdpipe.losses import bce
-from birdpipe.models import build_model
-from birdpipe.training import select_device
+from birdpipe.training.samples import MelWindows, Targets, WaveWindows, epoch_crops, fold_windows, make_loader
+from birdpipe.training.losses import bce
+from birdpipe.models.sed import build_model
+from birdpipe.training.loop import select_device
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 SECTION = "## Training"
@@ -36,10 +36,10 @@ BATCH_AUGMENT = AugmentConfig(time_mask_p=0.5, freq_mask_p=0.5, mixup_p=0.5)
 
 def prepare(data: Path | None, work: Path) -> tuple[Path, Path]:
     """A synthetic dataset (unless `data` is given) and its mel cache at the default MelConfig."""
-    from birdpipe.cache import build_mel_cache
-    from birdpipe.metadata import load_taxonomy, load_train_metadata
+    from birdpipe.features.cache import build_mel_cache
+    from birdpipe.data.metadata import load_taxonomy, load_train_metadata
     from birdpipe.paths import DatasetLayout
-    from birdpipe.synth import SynthConfig, generate_dataset
+    from birdpipe.data.synth import SynthConfig, generate_dataset
 
     if data is None:
         data = work / "data"
@@ -126,7 +126,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         data, cache_dir = prepare(args.data, Path(tmp))
-        from birdpipe.cache import MelCacheReader
+        from birdpipe.features.cache import MelCacheReader
 
         cache = MelCacheReader(cache_dir)
         mel = cache.mel_config

@@ -1,0 +1,1 @@
+"""birdpipe: the BirdCLEF recipe as a library; `assets/` orchestrates it with Dagster."""

@@ -1,16 +1,27 @@
-"""`birdpipe` command line: the library's stages for use outside Dagster."""
+"""`birdpipe` command line: the library's stages for use outside Dagster.
+
+Every command validates its config and inputs first, so a typo fails in a second with the
+key named, not after minutes of work.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from birdpipe import config as cfgmod
+from birdpipe.config import load_config
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(json.dumps(config.to_dict(), indent=2))
+    return 0
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from birdpipe.synth import SynthConfig, generate_dataset
+    from birdpipe.data.synth import SynthConfig, generate_dataset
 
     cfg = SynthConfig(
         n_species=args.species,
@@ -26,20 +37,27 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from birdpipe.cache import build_mel_cache_cli
+    config = load_config(args.config)
+    mel = config.mel if args.noise_reduce is None else config.mel.replace(noise_reduce=args.noise_reduce)
+    cache = config.cache if args.workers is None else config.cache.replace(workers=args.workers)
 
-    config = cfgmod.load_config(args.config)
-    return build_mel_cache_cli(
-        data_root=Path(args.data),
-        out=Path(args.out),
-        mel=_replace(config.mel, noise_reduce=args.noise_reduce),
-        cache=_replace(config.cache, workers=args.workers) if args.workers is not None else config.cache,
-        limit=args.limit,
-    )
+    from birdpipe.data.metadata import read_recordings
+    from birdpipe.features.cache import build_mel_cache
+    from birdpipe.paths import DatasetLayout
+
+    layout = DatasetLayout(Path(args.data))
+    recordings = read_recordings(layout)
+    if args.limit:
+        recordings = recordings.head(args.limit)
+    report = build_mel_cache(recordings, layout.train_audio, Path(args.out), mel, cache)
+    print(report.summary())
+    for filename, _, reason in report.quarantined.iter_rows():
+        print(f"  quarantined {filename}: {reason}")
+    return 0
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from birdpipe.metrics import score_files
+    from birdpipe.evaluation.metrics import score_files
 
     value = score_files(Path(args.solution), Path(args.submission), args.metric)
     print(f"{value:.6f}")
@@ -47,32 +65,45 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from birdpipe.inference import predict_cli
+    config = load_config(args.config)
+    sub_cfg = config.submission.replace(format=args.format or config.submission.format, batch_size=args.batch_size)
+    audio, out = Path(args.audio), Path(args.out)
 
-    config = cfgmod.load_config(args.config)
-    return predict_cli(
-        model=args.model,
-        audio=Path(args.audio),
-        out=Path(args.out),
-        fmt=args.format,
-        submission=config.submission,
-        tracking=config.tracking,
-        batch_size=args.batch_size,
-        use_onnx=not args.no_onnx,
-        thresholds=Path(args.thresholds) if args.thresholds else None,
-        raven=Path(args.raven) if args.raven else None,
+    from birdpipe.evaluation.thresholds import Thresholds
+    from birdpipe.inference.ensemble import load_ensemble
+    from birdpipe.inference.formats import load_scored_birds, raven_tables, write_submission
+    from birdpipe.inference.predict import predict_soundscapes
+    from birdpipe.paths import list_audio
+
+    files = [audio] if audio.is_file() else list_audio(audio) if audio.is_dir() else None
+    if files is None:
+        raise FileNotFoundError(f"{audio}: no such audio file or folder")
+    if not files:
+        raise ValueError(f"{audio}: no audio files below it")
+    ensemble = load_ensemble(args.model, use_onnx=not args.no_onnx, combine=sub_cfg.ensemble, tracking=config.tracking)
+    th = Thresholds.from_json(args.thresholds) if args.thresholds else None
+    if th is None and sub_cfg.format in ("2021", "2022"):
+        print("no --thresholds given: deciding at 0.5 for every species", file=sys.stderr)
+    preds = predict_soundscapes(ensemble, files, ensemble.mel, sub_cfg, skip_errors=True)
+    scored = load_scored_birds(sub_cfg.scored_birds) if sub_cfg.format == "2022" and sub_cfg.scored_birds else None
+    write_submission(preds, ensemble.classes, th, sub_cfg, out, scored_birds=scored)
+    if args.raven:
+        raven_tables(preds, ensemble.classes, th, Path(args.raven), ensemble.mel)
+    backend = "torch" if args.no_onnx else "onnxruntime"
+    print(
+        f"{preds['soundscape_id'].n_unique()} files, {preds.height} windows, {len(ensemble.members)} "
+        f"fold model(s) ({backend}) -> {out} (format {sub_cfg.format})"
     )
-
-
-def _replace(obj, **changes):
-    import dataclasses
-
-    return dataclasses.replace(obj, **{k: v for k, v in changes.items() if v is not None})
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="birdpipe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("config", help="validate a config and print every setting (defaults filled in)")
+    p.add_argument("--config", default=None, help="TOML config (default: $BIRDPIPE_CONFIG)")
+    p.set_defaults(func=_cmd_config)
 
     p = sub.add_parser("synth", help="generate a synthetic BirdCLEF-layout dataset")
     p.add_argument("--out", default="data/demo")
@@ -96,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="score a submission against a solution")
     p.add_argument("--solution", required=True)
     p.add_argument("--submission", required=True)
-    p.add_argument("--metric", required=True)
+    p.add_argument("--metric", required=True, help="birdclef2021 ... birdclef2025 (or the year)")
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("predict", help="predict species on recordings with trained fold models")

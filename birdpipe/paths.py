@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,3 +97,17 @@ def dataset_fingerprint(layout: DatasetLayout) -> str:
 def list_audio(folder: Path) -> list[Path]:
     """Audio files below `folder`, sorted, by suffix."""
     return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """`write` a temporary sibling, then rename it over `path`: a reader (or a run killed
+    mid-write) never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

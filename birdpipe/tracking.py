@@ -9,16 +9,27 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from birdpipe.config import TrackingConfig, flatten
 from birdpipe.paths import PROJECT_ROOT
+from birdpipe.schema import Section, flatten
 
 DEFAULT_DB = PROJECT_ROOT / "data" / "mlflow.db"
+MODEL_URI = re.compile(r"models:/(?P<name>[^@/]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))")
+
+
+class TrackingConfig(Section):
+    #: Default: $MLFLOW_TRACKING_URI, else sqlite:///<project>/data/mlflow.db.
+    tracking_uri: str | None = None
+    experiment: str = "birdpipe"
+    #: The Dagster assets register `<registered_model>-<dataset folder name>`.
+    registered_model: str = "birdpipe-sed"
+    model_alias: str = "candidate"
 
 
 def tracking_uri(cfg: TrackingConfig) -> str:
@@ -87,11 +98,11 @@ def stage_run(
         yield run
 
 
-def log_params(cfg: Any, prefix: str = "") -> None:
-    """All fields of a config dataclass as flat params (`train.model.backbone`)."""
+def log_params(params: Any, prefix: str = "") -> None:
+    """A config section's fields (or a dict) as flat params (`train.model.backbone`)."""
     import mlflow
 
-    mlflow.log_params({k: ("" if v is None else v) for k, v in flatten(cfg, prefix).items()})
+    mlflow.log_params({k: ("" if v is None else v) for k, v in flatten(params, prefix).items()})
 
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -107,6 +118,18 @@ def log_artifacts(folder: Path, artifact_path: str | None = None) -> None:
     import mlflow
 
     mlflow.log_artifacts(str(folder), artifact_path)
+
+
+def log_artifact(path: Path, artifact_path: str | None = None) -> None:
+    import mlflow
+
+    mlflow.log_artifact(str(path), artifact_path)
+
+
+def log_dict(data: dict[str, Any], name: str) -> None:
+    import mlflow
+
+    mlflow.log_dict(data, name)
 
 
 def log_dataset(frame: Any, name: str, digest: str, source: str, context: str = "training") -> None:
@@ -180,3 +203,38 @@ def parent_run(cfg: TrackingConfig, key: str, name: str, tags: Mapping[str, str]
     )
     client.set_terminated(run.info.run_id)
     return run.info.run_id
+
+
+def download_checkpoints(uri: str, cfg: TrackingConfig, dst_root: Path) -> list[Path]:
+    """The `checkpoint/best.pt` artifact of the run behind each registered version `uri` names.
+
+    `models:/<name>@<alias>` takes every `<alias>-fold<k>` alias when there are such (the
+    fold ensemble), else the alias itself; `models:/<name>/<version>` one version.
+    """
+    import mlflow
+
+    m = MODEL_URI.fullmatch(uri)
+    if not m:
+        raise ValueError(f"{uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
+    store = tracking_uri(cfg)
+    client = mlflow.MlflowClient(store)
+    name = m["name"]
+    try:
+        if m["version"]:
+            versions = [client.get_model_version(name, m["version"])]
+        else:
+            aliases = client.get_registered_model(name).aliases
+            folds = sorted(a for a in aliases if re.fullmatch(rf"{re.escape(m['alias'])}-fold\d+", a))
+            versions = [client.get_model_version_by_alias(name, a) for a in folds or [m["alias"]]]
+    except mlflow.exceptions.MlflowException as exc:
+        raise ValueError(f"{uri}: {exc.message} (tracking store {store})") from None
+    paths = []
+    for v in versions:
+        # keyed by run too: a recreated registry reuses version numbers for other models
+        dst = dst_root / f"{name}-v{v.version}-{v.run_id[:8]}"
+        ckpt = dst / "checkpoint" / "best.pt"
+        if not ckpt.exists():
+            dst.mkdir(parents=True, exist_ok=True)
+            mlflow.artifacts.download_artifacts(run_id=v.run_id, artifact_path="checkpoint", dst_path=str(dst), tracking_uri=store)
+        paths.append(ckpt)
+    return paths

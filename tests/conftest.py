@@ -1,4 +1,3 @@
-import os
 from pathlib import Path
 
 import pytest
@@ -6,15 +5,11 @@ import pytest
 TESTS = Path(__file__).parent
 REAL_DATA = TESTS.parent.parent / "shared" / "data" / "xc-puerto-rico"
 
-# The Dagster code location reads its config at import time (code versions derive from it):
-# every test that imports `assets` sees the end-to-end test's tiny config.
-os.environ.setdefault("BIRDPIPE_CONFIG", str(TESTS / "e2e.toml"))
-
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """A small synthetic BirdCLEF-layout dataset, generated once per test session."""
-    from birdpipe.synth import SynthConfig, generate_dataset
+    from birdpipe.data.synth import SynthConfig, generate_dataset
 
     root = tmp_path_factory.mktemp("tiny-birdclef")
     generate_dataset(

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from birdpipe import audio
+from birdpipe.data import audio
 
 SR = 32000
 
@@ -111,7 +111,7 @@ def test_streaming_a_long_file_keeps_memory_bounded(tmp_path):
     import tracemalloc
 
     from birdpipe.config import MelConfig
-    from birdpipe.features import stream_log_mel_windows
+    from birdpipe.features.mel import stream_log_mel_windows
 
     seconds = 600  # the whole waveform would be 77 MB of float32
     path = tmp_path / "long.wav"

@@ -1,10 +1,9 @@
-import dataclasses
 
 import librosa
 import numpy as np
 import pytest
 
-from birdpipe import denoise, features
+from birdpipe.features import denoise, mel as features
 from birdpipe.config import MelConfig
 
 SR = 32000
@@ -109,7 +108,7 @@ def _gate_effect(exponent: float, mode: str) -> dict[str, tuple[float, float]]:
         "noise": ((frame_t % 2.0) > 0.2) & ((frame_t % 2.0) < 0.7),
         "tones": ((frame_t % 2.0) > 1.05) & ((frame_t % 2.0) < 1.25),
     }
-    plain = features.log_mel_windows(wave, dataclasses.replace(cfg, noise_reduce=False))[0]
+    plain = features.log_mel_windows(wave, cfg.replace(noise_reduce=False))[0]
     fast = features.log_mel_windows(wave, cfg)[0]
     ref = features.reference_log_mel_windows(wave, cfg)[0]
 

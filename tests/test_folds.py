@@ -2,7 +2,7 @@ import polars as pl
 import pytest
 
 from birdpipe.config import FoldConfig
-from birdpipe.folds import assign_folds, fold_summary
+from birdpipe.data.folds import assign_folds, fold_summary
 
 
 def _recordings(counts: dict[str, int]) -> pl.DataFrame:
@@ -41,8 +41,8 @@ def test_too_few_recordings_is_a_clear_error():
 
 
 def test_rare_species_can_stay_in_every_training_set():
-    from birdpipe.dataset import fold_windows
-    from birdpipe.folds import ALWAYS_TRAIN
+    from birdpipe.training.samples import fold_windows
+    from birdpipe.data.folds import ALWAYS_TRAIN
 
     recs = _recordings({"aaa": 10, "bbb": 6, "ccc": 2, "ddd": 1})
     folds = assign_folds(recs, FoldConfig(n_folds=3, seed=0, always_train_below=3))

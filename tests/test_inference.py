@@ -10,18 +10,13 @@ import torch
 
 from birdpipe.cli import main
 from birdpipe.config import MelConfig, ModelConfig, SubmissionConfig
-from birdpipe.export import OnnxModel, export_onnx
-from birdpipe.inference import (
-    Ensemble,
-    TorchPredictor,
-    load_ensemble,
-    model_files,
-    predict_soundscapes,
-    smooth,
-)
-from birdpipe.models import build_model, model_meta, save_checkpoint
-from birdpipe.submission import check_submission, expected_rows, solution_from_labels
-from birdpipe.thresholds import Thresholds
+from birdpipe.models.export import OnnxModel, export_onnx
+from birdpipe.evaluation.thresholds import Thresholds
+from birdpipe.inference.ensemble import Ensemble, load_ensemble, model_files
+from birdpipe.inference.formats import check_submission, expected_rows, solution_from_labels
+from birdpipe.inference.predict import predict_soundscapes, smooth
+from birdpipe.models.predict import TorchPredictor
+from birdpipe.models.sed import build_model, model_meta, save_checkpoint
 
 MEL = MelConfig(n_mels=64, noise_reduce=False)
 

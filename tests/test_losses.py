@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from birdpipe.labels import class_weights, rating_weights, target_matrix
-from birdpipe.losses import bce, focal_bce, make_loss, soft_auc, weighted_bce
+from birdpipe.data.labels import class_weights, rating_weights, target_matrix
+from birdpipe.training.losses import LOSSES, LossParams, bce, focal_bce, make_loss, soft_auc, weighted_bce
 
 LOGITS = torch.tensor([[2.0, -1.0], [0.0, 1.0]])
 Y = torch.tensor([[1.0, 0.0], [0.0, 0.6]])
@@ -35,7 +35,7 @@ def test_bce_and_sample_weights_by_hand():
 def test_weighted_bce_scales_each_class():
     cw = torch.tensor([2.0, 0.5])
     hand = sum((2 * r[0] + 0.5 * r[1]) / 2 for r in HAND) / 2
-    assert weighted_bce(LOGITS, Y, None, cw).item() == pytest.approx(hand, rel=1e-6)
+    assert weighted_bce(LOGITS, Y, None, LossParams(class_weight=cw)).item() == pytest.approx(hand, rel=1e-6)
 
 
 def test_focal_bce_by_hand_and_gamma_zero_is_bce():
@@ -45,8 +45,8 @@ def test_focal_bce_by_hand_and_gamma_zero_is_bce():
 
     zs, ys = [[2, -1], [0, 1]], [[1, 0], [0, 0.6]]
     hand = sum(sum(HAND[i][j] * (1 - pt(zs[i][j], ys[i][j])) ** 2 for j in range(2)) / 2 for i in range(2)) / 2
-    assert focal_bce(LOGITS, Y, gamma=2.0).item() == pytest.approx(hand, rel=1e-6)
-    assert focal_bce(LOGITS, Y, gamma=0.0).item() == pytest.approx(bce(LOGITS, Y).item(), rel=1e-6)
+    assert focal_bce(LOGITS, Y, params=LossParams(focal_gamma=2.0)).item() == pytest.approx(hand, rel=1e-6)
+    assert focal_bce(LOGITS, Y, params=LossParams(focal_gamma=0.0)).item() == pytest.approx(bce(LOGITS, Y).item(), rel=1e-6)
 
 
 def test_soft_auc_by_hand_with_soft_labels():
@@ -70,9 +70,25 @@ def test_soft_auc_rewards_correct_ranking_and_handles_no_pairs():
 def test_make_loss_names():
     for name in ("bce", "focal", "soft_auc"):
         assert torch.isfinite(make_loss(name)(LOGITS, Y, None))
-    assert torch.isfinite(make_loss("weighted_bce", class_weight=torch.ones(2))(LOGITS, Y, None))
-    with pytest.raises(ValueError):
+    assert torch.isfinite(make_loss("weighted_bce", LossParams(class_weight=torch.ones(2)))(LOGITS, Y, None))
+    with pytest.raises(ValueError, match="needs class weights"):
+        make_loss("weighted_bce")(LOGITS, Y, None)
+    with pytest.raises(ValueError, match="unknown loss 'hinge'; known: bce, weighted_bce, focal, soft_auc"):
         make_loss("hinge")
+
+
+def test_a_registered_loss_is_accepted_by_the_config():
+    from birdpipe.config import TrainConfig
+
+    @LOSSES.register("test_l1")
+    def l1(logits, targets, sample_weight=None, params=LossParams()):
+        return (logits.sigmoid() - targets).abs().mean()
+
+    try:
+        assert TrainConfig(loss="test_l1").loss == "test_l1"
+        assert torch.isfinite(make_loss("test_l1")(LOGITS, Y, None))
+    finally:
+        LOSSES._entries.pop("test_l1")
 
 
 def test_targets_primary_secondary_and_smoothing():

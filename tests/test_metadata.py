@@ -1,7 +1,7 @@
 import polars as pl
 import pytest
 
-from birdpipe.metadata import load_taxonomy, load_train_metadata, parse_list_literal
+from birdpipe.data.metadata import load_taxonomy, load_train_metadata, parse_list_literal
 
 HEADER = "primary_label,secondary_labels,type,latitude,longitude,scientific_name,common_name,author,license,rating,url,filename\n"
 

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from birdpipe import metrics
+from birdpipe.evaluation import metrics
 from birdpipe.cli import main
 
 CLASSES = ["aaa", "bbb", "ccc", "ddd"]

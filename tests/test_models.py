@@ -4,7 +4,7 @@ import timm
 import torch
 
 from birdpipe.config import MelConfig, ModelConfig
-from birdpipe.models import build_model, load_model, model_meta, probabilities, save_checkpoint
+from birdpipe.models.sed import build_model, load_model, model_meta, probabilities, save_checkpoint
 
 CFG = ModelConfig(backbone="test_efficientnet", drop_rate=0.0, drop_path_rate=0.0)
 

@@ -1,23 +1,26 @@
 """The whole asset graph, in process, on a tiny synthetic dataset (tests/e2e.toml config)."""
 
 import shutil
+from pathlib import Path
 
 import dagster as dg
 import mlflow
 import polars as pl
 import pytest
 
-from assets.definitions import ALL_ASSETS, ALL_CHECKS, JOBS
+from assets.definitions import build_defs
 from assets.resources import Dataset, Tracking, dataset_io_manager
-from assets.training import FOLD_PARTITIONS
+from birdpipe.config import load_config
+
+#: The end-to-end config: the tiny timm model on a tiny synthetic set, 3 folds.
+CONFIG = load_config(Path(__file__).parent / "e2e.toml")
+FOLDS = [str(k) for k in range(CONFIG.folds.n_folds)]
 
 
 def _defs(data_root, tmp_path) -> dg.Definitions:
-    return dg.Definitions(
-        assets=ALL_ASSETS,
-        asset_checks=ALL_CHECKS,
-        jobs=JOBS,
-        resources={
+    return build_defs(
+        CONFIG,
+        {
             "dataset": Dataset(root=str(data_root), work_root=str(tmp_path / "work")),
             "tracking": Tracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
             "io_manager": dataset_io_manager,
@@ -43,7 +46,7 @@ def test_whole_graph_on_synthetic_data(tiny_dataset, tmp_path):
     defs = _defs(tiny_dataset, tmp_path)
     with dg.DagsterInstance.ephemeral() as instance:
         _run(defs, instance, "prepare_job")
-        for fold in FOLD_PARTITIONS.get_partition_keys():
+        for fold in FOLDS:
             _run(defs, instance, "train_job", fold)
         evaluation = _run(defs, instance, "evaluate_job")
 
@@ -60,9 +63,13 @@ def test_whole_graph_on_synthetic_data(tiny_dataset, tmp_path):
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`dagster.asset_key` = 'trained_model'")
-    assert sorted(runs["tags.dagster.partition"]) == FOLD_PARTITIONS.get_partition_keys()
+    assert sorted(runs["tags.dagster.partition"]) == FOLDS
     assert runs["tags.mlflow.parentRunId"].nunique() == 1, "fold runs share one parent run"
     assert (runs["metrics.val_score"].notna()).all() and (runs["params.train.model.backbone"] == "test_efficientnet").all()
+    # One meaning of the training version: the stage's version, on the parent and on every fold run.
+    parent = mlflow.get_run(runs["tags.mlflow.parentRunId"].iloc[0])
+    assert set(runs["tags.birdpipe.train_version"]) == {parent.data.tags["birdpipe.train_version"]}
+    assert parent.data.tags["birdpipe.train_version"] == CONFIG.stage_version("trained_model")
 
 
 def test_bad_rows_and_files_are_quarantined_and_flagged_not_fatal(tiny_dataset, tmp_path):
@@ -79,11 +86,18 @@ def test_bad_rows_and_files_are_quarantined_and_flagged_not_fatal(tiny_dataset, 
         result = defs.resolve_job_def("prepare_job").execute_in_process(instance=instance)
     assert result.success
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks == {"labels_in_taxonomy": True, "audio_files_exist": False}
+    assert checks == {"labels_in_taxonomy": False, "audio_files_exist": False}
+    unknown_labels = {e.check_name: e.metadata for e in result.get_asset_check_evaluations()}["labels_in_taxonomy"]
+    assert unknown_labels["unknown_primary_labels"].value == {"zzzzzz": 1}
     assert _metadata(result, "train_metadata")["quarantined"] == 1
     assert broken in _metadata(result, "audio_manifest")["quarantine"]
     folds = result.output_for_node("folds")
     assert folds.height == meta.height - 1 and broken not in folds["filename"].to_list()
+    assert _metadata(result, "mel_cache")["audio_seconds_per_second"] > 0
+    with dg.DagsterInstance.ephemeral() as instance:
+        rerun = defs.resolve_job_def("prepare_job").execute_in_process(instance=instance)
+    cache = _metadata(rerun, "mel_cache")
+    assert cache["reused"] == folds.height and cache["audio_seconds_per_second"] == 0  # reused audio is not throughput
 
 
 def test_dataset_sensor_requests_a_run_only_when_the_data_changes(tiny_dataset, tmp_path):

@@ -7,15 +7,16 @@ graph on this set is run with `make run` and reported in docs/benchmarks.md.
 import polars as pl
 import pytest
 
-from birdpipe.cache import MelCacheReader, build_mel_cache
+from birdpipe.features.cache import build_mel_cache
+from birdpipe.features.reader import MelCacheReader
 from birdpipe.cli import main
 from birdpipe.config import CacheConfig, FoldConfig, MelConfig, ModelConfig
-from birdpipe.folds import assign_folds
-from birdpipe.manifest import build_manifest
-from birdpipe.metadata import load_taxonomy, load_train_metadata
-from birdpipe.models import build_model, model_meta, save_checkpoint
+from birdpipe.data.folds import assign_folds
+from birdpipe.data.manifest import build_manifest
+from birdpipe.data.metadata import load_taxonomy, load_train_metadata
+from birdpipe.models.sed import build_model, model_meta, save_checkpoint
 from birdpipe.paths import list_audio
-from birdpipe.soundscapes import expected_windows
+from birdpipe.inference.soundscapes import expected_windows
 
 pytestmark = pytest.mark.realdata
 

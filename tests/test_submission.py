@@ -6,10 +6,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from birdpipe import metrics
+from birdpipe.evaluation import metrics
 from birdpipe.cli import main
 from birdpipe.config import MelConfig, SubmissionConfig
-from birdpipe.submission import (
+from birdpipe.inference.formats import (
     FORMATS,
     check_submission,
     expected_rows,
@@ -17,7 +17,7 @@ from birdpipe.submission import (
     solution_from_labels,
     write_submission,
 )
-from birdpipe.thresholds import Thresholds
+from birdpipe.evaluation.thresholds import Thresholds
 
 CLASSES = ["amecro", "norcar", "bkcchi", "rewbla"]
 SOUNDSCAPES = ["7019_COR_20190904", "sc_b"]  # the first named like a 2021 test file
@@ -43,7 +43,7 @@ def _thresholds(value: float = 0.5) -> Thresholds:
     return Thresholds(**{**th.__dict__, "per_species": {"norcar": 0.4}})
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", FORMATS.names())
 def test_format_round_trips_through_score(tmp_path, truth, fmt, capsys):
     labels, y, probs, preds = truth
     th = _thresholds()

@@ -14,7 +14,7 @@ import pytest
 import scipy.signal
 import soundfile as sf
 
-from birdpipe.synth import (
+from birdpipe.data.synth import (
     CALL_FAMILIES,
     METADATA_COLUMNS,
     CallEvent,

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from birdpipe.config import ThresholdConfig
-from birdpipe.thresholds import Thresholds, calibrate, objective_value, plot_curve
+from birdpipe.evaluation.thresholds import Thresholds, calibrate, objective_value, plot_curve
 
 CLASSES = ["aaa", "bbb", "ccc"]
 

@@ -1,15 +1,14 @@
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import polars as pl
 import pytest
 import torch
 
 from birdpipe.config import AugmentConfig, MelConfig, ModelConfig, TrackingConfig, TrainConfig
-from birdpipe.models import load_model
-from birdpipe.training import lr_factor, plot_history, predict_windows, select_device, train_fold
+from birdpipe.models.sed import load_model
+from birdpipe.models.predict import predict_windows, select_device
+from birdpipe.training.loop import FoldData, FoldTracking, lr_factor, plot_history, train_fold
 
 CLASSES = ["sp0", "sp1", "sp2"]
 MEL = MelConfig(sample_rate=8000, n_fft=512, hop_length=640, n_mels=32, fmax=4000.0, noise_reduce=False)  # 63 frames
@@ -50,10 +49,10 @@ def _frames(cache: FakeCache) -> tuple[pl.DataFrame, pl.DataFrame]:
 def _cfg(**changes) -> TrainConfig:
     base = TrainConfig(
         model=ModelConfig(backbone="test_efficientnet", drop_rate=0.1, drop_path_rate=0.0),
-        augment=AugmentConfig(mixup_p=0.5, time_mask_p=0.5, freq_mask_p=0.5, cutmix_p=0.3),
+        augment=AugmentConfig(batch={"mixup": 0.5, "time_mask": 0.5, "freq_mask": 0.5, "cutmix": 0.3}),
         epochs=3, batch_size=8, lr=3e-3, warmup_epochs=1, patience=10, device="cpu", num_workers=0,
     )  # fmt: skip
-    return dataclasses.replace(base, **changes)
+    return base.replace(**changes)
 
 
 class Killed(Exception):
@@ -64,16 +63,16 @@ def test_resume_after_kill_reaches_the_same_weights(tmp_path):
     cache = FakeCache()
     folds, metadata = _frames(cache)
     cfg = _cfg()
-    whole = train_fold(cache, folds, metadata, CLASSES, 0, cfg, tmp_path / "whole", log=lambda m: None)
+    whole = train_fold(FoldData(cache, folds, metadata, CLASSES), 0, cfg, tmp_path / "whole", log=lambda m: None)
 
     def killer(message: str) -> None:
         if "epoch 2/3" in message:
             raise Killed
 
     with pytest.raises(Killed):
-        train_fold(cache, folds, metadata, CLASSES, 0, cfg, tmp_path / "resumed", log=killer)
+        train_fold(FoldData(cache, folds, metadata, CLASSES), 0, cfg, tmp_path / "resumed", log=killer)
     messages: list[str] = []
-    resumed = train_fold(cache, folds, metadata, CLASSES, 0, cfg, tmp_path / "resumed", log=messages.append)
+    resumed = train_fold(FoldData(cache, folds, metadata, CLASSES), 0, cfg, tmp_path / "resumed", log=messages.append)
 
     assert any("resuming after epoch 2" in m for m in messages)
     assert resumed.epochs_run == whole.epochs_run == 3
@@ -84,16 +83,16 @@ def test_resume_after_kill_reaches_the_same_weights(tmp_path):
     for key in sd_whole:
         torch.testing.assert_close(sd_whole[key], sd_resumed[key], rtol=0, atol=0)
 
-    again = train_fold(cache, folds, metadata, CLASSES, 0, cfg, tmp_path / "resumed", log=messages.append)
+    again = train_fold(FoldData(cache, folds, metadata, CLASSES), 0, cfg, tmp_path / "resumed", log=messages.append)
     assert "nothing to do" in messages[-1] and again.best_score == resumed.best_score
 
 
 def test_changed_config_does_not_resume_and_best_checkpoint_loads(tmp_path):
     cache = FakeCache()
     folds, metadata = _frames(cache)
-    train_fold(cache, folds, metadata, CLASSES, 1, _cfg(epochs=1), tmp_path, log=lambda m: None)
+    train_fold(FoldData(cache, folds, metadata, CLASSES), 1, _cfg(epochs=1), tmp_path, log=lambda m: None)
     messages: list[str] = []
-    result = train_fold(cache, folds, metadata, CLASSES, 1, _cfg(epochs=1, loss="soft_auc"), tmp_path, log=messages.append)
+    result = train_fold(FoldData(cache, folds, metadata, CLASSES), 1, _cfg(epochs=1, loss="soft_auc"), tmp_path, log=messages.append)
     assert any("starting afresh" in m for m in messages)
     model, meta = load_model(result.best_checkpoint)
     assert meta["classes"] == CLASSES and meta["fold"] == 1 and meta["mel"]["n_mels"] == MEL.n_mels
@@ -106,7 +105,7 @@ def test_losses_train_and_learn_the_bands(tmp_path, loss):
     cache = FakeCache()
     folds, metadata = _frames(cache)
     cfg = _cfg(loss=loss, epochs=4, crop="random", augment=AugmentConfig())
-    result = train_fold(cache, folds, metadata, CLASSES, 0, cfg, tmp_path, log=lambda m: None)
+    result = train_fold(FoldData(cache, folds, metadata, CLASSES), 0, cfg, tmp_path, log=lambda m: None)
     assert result.best_score > 0.6 and len(result.history) == 4
 
 
@@ -117,7 +116,7 @@ def test_mlflow_run_holds_params_metrics_inputs_model_and_tags(tmp_path):
     folds, metadata = _frames(cache)
     tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="t", registered_model="sed-test")
     tags = {"dagster.run_id": "abc123", "dagster.asset_key": "trained_model", "dagster.partition": "0"}
-    result = train_fold(cache, folds, metadata, CLASSES, 0, _cfg(epochs=2), tmp_path / "out", tracking=tracking, tags=tags, log=lambda m: None)
+    result = train_fold(FoldData(cache, folds, metadata, CLASSES), 0, _cfg(epochs=2), tmp_path / "out", tracking=FoldTracking(tracking, tags), log=lambda m: None)
 
     client = mlflow.MlflowClient()
     run = client.get_run(result.run_id)
@@ -137,6 +136,7 @@ def test_mlflow_run_holds_params_metrics_inputs_model_and_tags(tmp_path):
     assert np.asarray(probs).shape == (2, 3)
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"checkpoint", "plots", "model_meta.json"} <= artifacts
+    assert result.curve == tmp_path / "out" / "history.png" and result.curve.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_waveform_augmentations_decode_audio_and_train(tmp_path):
@@ -152,21 +152,25 @@ def test_waveform_augmentations_decode_audio_and_train(tmp_path):
         sf.write(path, (0.3 * np.sin(2 * np.pi * (500 + 700 * (i % 3)) * t)).astype(np.float32), MEL.sample_rate)
     (tmp_path / "unlabeled_soundscapes").mkdir()
     sf.write(tmp_path / "unlabeled_soundscapes" / "bg.ogg", rng.normal(0, 0.05, 20 * MEL.sample_rate).astype(np.float32), MEL.sample_rate)
-    augment = AugmentConfig(gaussian_noise_p=0.5, gain_p=0.5, time_shift_p=0.5, background_p=0.5, time_extend_p=0.5, extend_fill="background")
+    augment = AugmentConfig(
+        waveform={"gaussian_noise": 0.5, "gain": 0.5, "time_shift": 0.5, "background": 0.5, "time_extend": 0.5},
+        extend_fill="background",
+    )
     cfg = _cfg(epochs=1, augment=augment)
-    result = train_fold(cache, folds, metadata, CLASSES, 0, cfg, tmp_path / "out", log=lambda m: None, audio_root=tmp_path / "train_audio")
+    result = train_fold(FoldData(cache, folds, metadata, CLASSES, tmp_path / "train_audio"), 0, cfg, tmp_path / "out", log=lambda m: None)
     assert result.epochs_run == 1 and np.isfinite(result.history[0]["train_loss"])
     with pytest.raises(ValueError, match="audio_root"):
-        train_fold(cache, folds, metadata, CLASSES, 0, cfg, tmp_path / "other", log=lambda m: None)
+        train_fold(FoldData(cache, folds, metadata, CLASSES), 0, cfg, tmp_path / "other", log=lambda m: None)
 
 
 def test_trains_on_the_real_mel_cache_with_a_worker(tmp_path):
-    from birdpipe.cache import MelCacheReader, build_mel_cache
-    from birdpipe.folds import assign_folds
+    from birdpipe.features.cache import build_mel_cache
+    from birdpipe.features.reader import MelCacheReader
+    from birdpipe.data.folds import assign_folds
     from birdpipe.config import CacheConfig, FoldConfig
-    from birdpipe.metadata import load_taxonomy, load_train_metadata
+    from birdpipe.data.metadata import load_taxonomy, load_train_metadata
     from birdpipe.paths import DatasetLayout
-    from birdpipe.synth import SynthConfig, generate_dataset
+    from birdpipe.data.synth import SynthConfig, generate_dataset
 
     layout = DatasetLayout(tmp_path / "data")
     generate_dataset(layout.root, SynthConfig(n_species=3, recordings_per_species=4, recording_seconds=8.0, n_soundscapes=0, n_unlabeled=0))
@@ -176,7 +180,7 @@ def test_trains_on_the_real_mel_cache_with_a_worker(tmp_path):
     report = build_mel_cache(recordings, layout.train_audio, tmp_path / "cache", mel, CacheConfig(workers=1), log=lambda m: None)
     cache = MelCacheReader(report.cache_dir)
     folds = assign_folds(recordings, FoldConfig(n_folds=2))
-    result = train_fold(cache, folds, recordings, classes, 0, _cfg(epochs=1, num_workers=1), tmp_path / "out", log=lambda m: None)
+    result = train_fold(FoldData(cache, folds, recordings, classes), 0, _cfg(epochs=1, num_workers=1), tmp_path / "out", log=lambda m: None)
     assert result.epochs_run == 1 and np.isfinite(result.history[0]["train_loss"])
 
 

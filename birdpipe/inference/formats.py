@@ -14,18 +14,22 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
-from birdpipe.config import MelConfig, SubmissionConfig
-from birdpipe.metrics import NOCALL
-from birdpipe.thresholds import Thresholds
+from birdpipe.evaluation.metrics import NOCALL
+from birdpipe.evaluation.thresholds import Thresholds
+from birdpipe.features.config import MelConfig
+from birdpipe.registry import Registry
 
-FORMATS = ("2021", "2022", "2023", "2024", "2025")
-WIDE = ("2023", "2024", "2025")
+if TYPE_CHECKING:
+    from birdpipe.inference.config import SubmissionConfig
+
 #: Columns of a predictions frame besides one per class.
 KEYS = ("row_id", "soundscape_id", "end_seconds")
 _SITE_DATE = re.compile(r"(\d+_[A-Za-z]+)_\d{8}")
@@ -36,19 +40,120 @@ RAVEN_COLUMNS = {
 }  # fmt: skip
 
 
+@dataclass(frozen=True)
+class SubmissionFormat:
+    """One year's submission layout.
+
+    `frame(predictions, classes, hits, scored)` builds the file from window scores and their
+    thresholded decisions; `check(df, classes, scored)` lists schema problems of a read file.
+    """
+
+    #: Column after `row_id` (2021 `birds`, 2022 `target`); None: one column per class.
+    value_column: str | None
+    frame: Callable[[pl.DataFrame, list[str], np.ndarray, list[str]], pl.DataFrame]
+    check: Callable[[pl.DataFrame, list[str], list[str]], list[str]]
+    #: Rows per window: one, or (2022) one per scored bird.
+    per_scored_bird: bool = False
+    #: Official metrics of the years that used this layout, for local scoring.
+    metrics: tuple[str, ...] = ()
+
+    @property
+    def wide(self) -> bool:
+        """Probabilities per class (read as numbers), rather than decisions (read as text)."""
+        return self.value_column is None
+
+    def columns(self, classes: Sequence[str]) -> list[str]:
+        return ["row_id", *classes] if self.wide else ["row_id", self.value_column]
+
+
+#: Submission layouts by competition year: `[submission] format`, `birdpipe predict --format`.
+FORMATS: Registry[SubmissionFormat] = Registry("submission format")
+
+
 def window_row_id() -> pl.Expr:
     """`<soundscape>_<end_s>`: the row id of one 5 s window (2023-2025, and the synthetic labels)."""
     return pl.format("{}_{}", "soundscape_id", pl.col("end_seconds").cast(pl.Int64)).alias("row_id")
 
 
+def _birds_frame(predictions: pl.DataFrame, classes: list[str], hits: np.ndarray, scored: list[str]) -> pl.DataFrame:
+    names = np.array(classes)
+    sid, end = predictions["soundscape_id"].to_list(), predictions["end_seconds"].to_list()
+    return pl.DataFrame(
+        {"row_id": [_row_id_2021(s, e) for s, e in zip(sid, end)], "birds": [" ".join(names[row]) or NOCALL for row in hits]}
+    )
+
+
+def _target_frame(predictions: pl.DataFrame, classes: list[str], hits: np.ndarray, scored: list[str]) -> pl.DataFrame:
+    sid, end = predictions["soundscape_id"].to_list(), predictions["end_seconds"].to_list()
+    cols = [classes.index(b) for b in scored]
+    return pl.DataFrame(
+        {
+            "row_id": [f"{s}_{b}_{int(e)}" for s, e in zip(sid, end) for b in scored],
+            "target": np.where(hits[:, cols].ravel(), "True", "False"),
+        },
+        schema={"row_id": pl.String, "target": pl.String},
+    )
+
+
+def _wide_frame(predictions: pl.DataFrame, classes: list[str], hits: np.ndarray, scored: list[str]) -> pl.DataFrame:
+    return predictions.select("row_id", *classes)
+
+
+def _check_birds(df: pl.DataFrame, classes: list[str], scored: list[str]) -> list[str]:
+    birds = df["birds"]
+    if birds.null_count():
+        return [f"birds empty in {birds.null_count()} rows (use '{NOCALL}')"]
+    sets = [set(b.split()) for b in birds]
+    unknown = sorted(set().union(*sets) - set(classes) - {NOCALL})
+    mixed = sum(NOCALL in s and len(s) > 1 for s in sets)
+    return [f"unknown species {unknown[:5]}"] * bool(unknown) + [f"{mixed} rows mix '{NOCALL}' with species"] * bool(mixed)
+
+
+def _check_target(df: pl.DataFrame, classes: list[str], scored: list[str]) -> list[str]:
+    problems = []
+    if not df["target"].is_in(["True", "False"]).all():
+        problems.append("target must be True or False")
+    birds = df["row_id"].str.split("_").list.get(-2, null_on_oob=True)
+    unscored = sorted(set(birds.drop_nulls()) - set(scored))
+    if birds.null_count() or unscored:
+        problems.append(f"row_id must be <soundscape>_<scored bird>_<end_s>; unscored: {unscored[:5]}")
+    return problems
+
+
+def _check_probabilities(df: pl.DataFrame, classes: list[str], scored: list[str]) -> list[str]:
+    probs = df.select(classes)
+    text = [c for c in probs.columns if not probs[c].dtype.is_numeric()]
+    if text:
+        return [f"non-numeric columns {text[:5]}"]
+    values = probs.to_numpy().astype(np.float64)
+    problems = []
+    if not np.isfinite(values).all():
+        problems.append(f"{int((~np.isfinite(values)).sum())} missing or non-finite probabilities")
+    if ((values < 0) | (values > 1)).any():
+        problems.append("probabilities outside [0, 1]")
+    return problems
+
+
+FORMATS.register("2021")(SubmissionFormat("birds", _birds_frame, _check_birds, metrics=("birdclef2021",)))
+FORMATS.register("2022")(SubmissionFormat("target", _target_frame, _check_target, per_scored_bird=True, metrics=("birdclef2022",)))
+_WIDE = SubmissionFormat(None, _wide_frame, _check_probabilities, metrics=("birdclef2023", "birdclef2025"))
+for _year in ("2023", "2024", "2025"):
+    FORMATS.register(_year)(_WIDE)
+
+
+def layouts() -> list[str]:
+    """One format name per distinct layout (the latest year that used it): 2021, 2022, 2025."""
+    latest = {id(FORMATS.get(name)): name for name in FORMATS}
+    return list(latest.values())
+
+
 def columns(fmt: str, classes: Sequence[str]) -> list[str]:
-    check_format(fmt)
-    return ["row_id", *classes] if fmt in WIDE else ["row_id", "birds" if fmt == "2021" else "target"]
+    return FORMATS.get(fmt).columns(classes)
 
 
 def expected_rows(n_windows: int, fmt: str, n_scored: int) -> int:
     """Rows of a submission of `n_windows` windows (2022: one per window and scored bird)."""
-    return n_windows * n_scored if fmt == "2022" else n_windows
+    return n_windows * n_scored if FORMATS.get(fmt).per_scored_bird else n_windows
 
 
 def format_frame(
@@ -59,35 +164,17 @@ def format_frame(
     scored_birds: Sequence[str] | None = None,
 ) -> pl.DataFrame:
     """The submission frame of `fmt` from window scores (KEYS + one column per class)."""
-    check_format(fmt)
+    layout = FORMATS.get(fmt)
     classes = list(classes)
     missing = [c for c in (*KEYS, *classes) if c not in predictions.columns]
     if missing:
         raise ValueError(f"predictions lack column(s) {missing[:5]}")
-    if fmt in WIDE:
-        return predictions.select("row_id", *classes)
-    hits = predictions.select(classes).to_numpy() >= thresholds
-    sid, end = predictions["soundscape_id"].to_list(), predictions["end_seconds"].to_list()
-    if fmt == "2021":
-        names = np.array(classes)
-        return pl.DataFrame(
-            {
-                "row_id": [_row_id_2021(s, e) for s, e in zip(sid, end)],
-                "birds": [" ".join(names[row]) or NOCALL for row in hits],
-            }
-        )
     scored = list(scored_birds) if scored_birds is not None else classes
     unknown = [b for b in scored if b not in classes]
     if unknown:
         raise ValueError(f"scored birds not among the model's classes: {unknown[:5]}")
-    cols = [classes.index(b) for b in scored]
-    return pl.DataFrame(
-        {
-            "row_id": [f"{s}_{b}_{int(e)}" for s, e in zip(sid, end) for b in scored],
-            "target": np.where(hits[:, cols].ravel(), "True", "False"),
-        },
-        schema={"row_id": pl.String, "target": pl.String},
-    )
+    hits = predictions.select(classes).to_numpy() >= thresholds
+    return layout.frame(predictions, classes, hits, scored)
 
 
 def write_submission(
@@ -134,13 +221,14 @@ def check_submission(
     scored_birds: Sequence[str] | None = None,
 ) -> list[str]:
     """Schema problems of a submission file (empty when it is valid) for an asset check."""
+    layout = FORMATS.get(fmt)
     path = Path(path)
     try:
-        df = pl.read_csv(path, infer_schema=fmt in WIDE, infer_schema_length=None)
+        df = pl.read_csv(path, infer_schema=layout.wide, infer_schema_length=None)
     except (OSError, pl.exceptions.PolarsError) as exc:
         return [f"{path}: unreadable: {exc}"]
     problems = []
-    want = columns(fmt, classes)
+    want = layout.columns(classes)
     if df.columns != want:
         problems.append(f"columns {df.columns[:6]}... differ from {want[:6]}...")
         return problems
@@ -148,13 +236,7 @@ def check_submission(
         problems.append(f"{df.height} rows, expected {expected_rows}")
     if df["row_id"].null_count() or df["row_id"].is_duplicated().any():
         problems.append("row_id has empty or duplicated values")
-    if fmt == "2021":
-        problems += _check_birds(df["birds"], set(classes))
-    elif fmt == "2022":
-        problems += _check_target(df, set(scored_birds if scored_birds is not None else classes))
-    else:
-        problems += _check_probabilities(df.select(classes))
-    return problems
+    return problems + layout.check(df, list(classes), list(scored_birds if scored_birds is not None else classes))
 
 
 def raven_tables(
@@ -208,42 +290,3 @@ def load_scored_birds(path: str | Path) -> list[str]:
 def _row_id_2021(soundscape_id: str, end_seconds: int) -> str:
     m = _SITE_DATE.fullmatch(soundscape_id)
     return f"{m[1] if m else soundscape_id}_{int(end_seconds)}"
-
-
-def check_format(fmt: str) -> None:
-    """Raise a ValueError naming the known formats unless `fmt` is one."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown submission format {fmt!r}; known: {', '.join(FORMATS)}")
-
-
-def _check_birds(birds: pl.Series, classes: set[str]) -> list[str]:
-    if birds.null_count():
-        return [f"birds empty in {birds.null_count()} rows (use '{NOCALL}')"]
-    sets = [set(b.split()) for b in birds]
-    unknown = sorted(set().union(*sets) - classes - {NOCALL})
-    mixed = sum(NOCALL in s and len(s) > 1 for s in sets)
-    return [f"unknown species {unknown[:5]}"] * bool(unknown) + [f"{mixed} rows mix '{NOCALL}' with species"] * bool(mixed)
-
-
-def _check_target(df: pl.DataFrame, scored: set[str]) -> list[str]:
-    problems = []
-    if not df["target"].is_in(["True", "False"]).all():
-        problems.append("target must be True or False")
-    birds = df["row_id"].str.split("_").list.get(-2, null_on_oob=True)
-    unscored = sorted(set(birds.drop_nulls()) - scored)
-    if birds.null_count() or unscored:
-        problems.append(f"row_id must be <soundscape>_<scored bird>_<end_s>; unscored: {unscored[:5]}")
-    return problems
-
-
-def _check_probabilities(probs: pl.DataFrame) -> list[str]:
-    text = [c for c in probs.columns if not probs[c].dtype.is_numeric()]
-    if text:
-        return [f"non-numeric columns {text[:5]}"]
-    values = probs.to_numpy().astype(np.float64)
-    problems = []
-    if not np.isfinite(values).all():
-        problems.append(f"{int((~np.isfinite(values)).sum())} missing or non-finite probabilities")
-    if ((values < 0) | (values > 1)).any():
-        problems.append("probabilities outside [0, 1]")
-    return problems

@@ -10,18 +10,59 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
-from sklearn.metrics import f1_score
 
-from birdpipe import metrics
-from birdpipe.config import ThresholdConfig
+from birdpipe.evaluation import metrics
+from birdpipe.registry import Registry
 
-SEPARABLE = ("f1_macro", "balanced_accuracy")
+if TYPE_CHECKING:
+    from birdpipe.evaluation.config import ThresholdConfig
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What thresholds are tuned for.
+
+    `value` scores binary predictions `[n, C]`. A separable objective is a mean over species
+    of `species_curve(tp, fp, n_pos, n_neg)` (counts at every grid threshold), so each
+    species' threshold is found on its own; otherwise thresholds are found by coordinate ascent.
+    """
+
+    value: Callable[[np.ndarray, np.ndarray], float]
+    species_curve: Callable[[np.ndarray, np.ndarray, int, int], np.ndarray] | None = None
+
+
+#: name -> Objective; the config's `[thresholds] objective`.
+OBJECTIVES: Registry[Objective] = Registry("threshold objective")
+
+
+def _f1_macro(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Per-species F1 averaged over the species that have positives."""
+    import sklearn.metrics as skm
+
+    scored = y_true.sum(axis=0) > 0
+    return float(skm.f1_score(y_true[:, scored], y_pred[:, scored], average="macro", zero_division=0.0))
+
+
+def _f1_curve(tp: np.ndarray, fp: np.ndarray, n_pos: int, n_neg: int) -> np.ndarray:
+    return 2 * tp / (2 * tp + fp + (n_pos - tp))
+
+
+def _balanced_accuracy_curve(tp: np.ndarray, fp: np.ndarray, n_pos: int, n_neg: int) -> np.ndarray:
+    """(TPR + TNR) / 2; with only positives, the recall, as sklearn does."""
+    tnr = (n_neg - fp) / n_neg if n_neg else tp / n_pos
+    return (tp / n_pos + tnr) / 2
+
+
+OBJECTIVES.register("f1_micro_rows")(Objective(metrics.rowwise_f1))
+OBJECTIVES.register("f1_macro")(Objective(_f1_macro, _f1_curve))
+OBJECTIVES.register("balanced_accuracy")(Objective(metrics.weighted_accuracy, _balanced_accuracy_curve))
 
 
 @dataclass(frozen=True)
@@ -75,12 +116,11 @@ def calibrate(
     y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[str], cfg: ThresholdConfig
 ) -> Thresholds:
     """Global and shrunk per-species thresholds maximising `cfg.objective` on OOF predictions."""
-    if cfg.objective not in (*SEPARABLE, "f1_micro_rows"):
-        raise ValueError(f"unknown threshold objective {cfg.objective!r}")
+    objective = OBJECTIVES.get(cfg.objective)
     y_true, y_prob = metrics.check_matrices(y_true, y_prob, classes)
     grid = np.linspace(0.0, 1.0, cfg.grid_size + 2)[1:-1]
-    if cfg.objective in SEPARABLE:
-        per_curves = species_curves(cfg.objective, y_true, y_prob, grid)
+    if objective.species_curve:
+        per_curves = species_curves(objective, y_true, y_prob, grid)
         curve = np.nanmean(per_curves, axis=1)
         best_global = grid[_best(curve)]
         own = np.array([grid[_best(col)] if np.isfinite(col).all() else best_global for col in per_curves.T])
@@ -97,22 +137,17 @@ def calibrate(
         per_species={c: float(t) for c, t in zip(classes, final)},
         positives={c: int(p) for c, p in zip(classes, positives)},
         curve=pl.DataFrame({"threshold": grid, "metric": curve}),
-        global_score=objective_value(cfg.objective, y_true, y_prob >= best_global),
-        per_species_score=objective_value(cfg.objective, y_true, y_prob >= final),
+        global_score=objective.value(y_true, y_prob >= best_global),
+        per_species_score=objective.value(y_true, y_prob >= final),
     )
 
 
 def objective_value(objective: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """The objective of binary predictions, averaged over species with positives where per-species."""
-    if objective == "f1_micro_rows":
-        return metrics.rowwise_f1(y_true, y_pred)
-    if objective == "balanced_accuracy":
-        return metrics.weighted_accuracy(y_true, y_pred)
-    scored = y_true.sum(axis=0) > 0
-    return float(f1_score(y_true[:, scored], y_pred[:, scored], average="macro", zero_division=0.0))
+    return OBJECTIVES.get(objective).value(y_true, y_pred)
 
 
-def species_curves(objective: str, y_true: np.ndarray, y_prob: np.ndarray, grid: np.ndarray) -> np.ndarray:
+def species_curves(objective: Objective, y_true: np.ndarray, y_prob: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """`[len(grid), C]` per-species F1 or balanced accuracy at each threshold; NaN without positives.
 
     Counts come from sorted scores, so the cost is O(C (n log n + G log n)) instead of O(G n C).
@@ -125,11 +160,7 @@ def species_curves(objective: str, y_true: np.ndarray, y_prob: np.ndarray, grid:
             continue
         tp = len(pos) - np.searchsorted(pos, grid, side="left")
         fp = len(neg) - np.searchsorted(neg, grid, side="left")
-        if objective == "f1_macro":
-            out[:, c] = 2 * tp / (2 * tp + fp + (len(pos) - tp))
-        else:  # balanced accuracy; only positives: the recall, as sklearn does
-            tnr = (len(neg) - fp) / len(neg) if len(neg) else tp / len(pos)
-            out[:, c] = (tp / len(pos) + tnr) / 2
+        out[:, c] = objective.species_curve(tp, fp, len(pos), len(neg))
     return out
 
 

@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,10 +35,16 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from birdpipe import audio, features
-from birdpipe.config import CacheConfig, MelConfig, from_dict, to_dict, version
+from birdpipe.data import audio
+from birdpipe.features.mel import stream_log_mel_windows
+from birdpipe.features.config import CacheConfig, MelConfig
 from birdpipe.parallel import imap_unordered
-from birdpipe.paths import DatasetLayout
+from birdpipe.paths import atomic_write
+from birdpipe.schema import version
+
+#: Bump when the cache's content changes without a parameter change (an algorithm fix):
+#: the cache gets a new folder, and every stage after it becomes unsynced.
+REVISION = 1
 
 INDEX_SCHEMA = {
     "filename": pl.String,
@@ -62,7 +66,7 @@ LABELS = ["primary_label", "secondary_labels"]
 
 
 def cache_version(mel: MelConfig) -> str:
-    return version("mel_cache", mel)
+    return version("mel_cache", REVISION, mel)
 
 
 def cache_dir_for(out_root: Path, mel: MelConfig) -> Path:
@@ -103,8 +107,13 @@ class CacheReport:
     #: Cached recordings that decoded only partly (kept, flagged in the index).
     damaged: int = 0
 
+    @property
+    def throughput(self) -> float:
+        """Audio seconds computed per wall second (reused recordings cost nothing and do not count)."""
+        return self.computed_seconds / max(self.wall_seconds, 1e-9)
+
     def summary(self) -> str:
-        rate = self.computed_seconds / max(self.wall_seconds, 1e-9)
+        rate = self.throughput
         return (
             f"{self.cache_dir}: {self.files} files, {self.audio_seconds:.1f} s audio, {self.windows} windows, "
             f"{self.quarantined.height} quarantined, {self.damaged} damaged; recomputed {self.recomputed}, reused {self.reused}, "
@@ -112,21 +121,8 @@ class CacheReport:
         )
 
 
-# --- atomic files -------------------------------------------------------------------------
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """`write` a temporary sibling, then rename: readers never see a half file."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_table(path: Path, table: pa.Table, cache: CacheConfig) -> None:
-    _atomic_write(
+    atomic_write(
         path,
         lambda tmp: pq.write_table(
             table, tmp, compression="zstd", compression_level=cache.zstd_level, row_group_size=cache.row_group_windows
@@ -140,12 +136,12 @@ def _write_table(path: Path, table: pa.Table, cache: CacheConfig) -> None:
 def _compute(job: tuple[str, str, dict]) -> dict[str, Any]:
     """One recording, in a worker: streamed decode -> log-mel windows (float16), or why not."""
     filename, path, mel_dict = job
-    mel = from_dict(MelConfig, mel_dict)
+    mel = MelConfig.from_dict(mel_dict)
     out: dict[str, Any] = {"filename": filename, "damaged": False, "reason": None}
     try:
         out["content_hash"] = content_hash(Path(path))
         stream = audio.iter_blocks(path, mel.sample_rate, mel.noise_chunk_seconds)
-        chunks = [(m.astype(mel.dtype), s) for m, s in features.stream_log_mel_windows(stream, mel)]
+        chunks = [(m.astype(mel.dtype), s) for m, s in stream_log_mel_windows(stream, mel)]
         out["mels"] = np.concatenate([c[0] for c in chunks])
         out["starts"] = np.concatenate([c[1] for c in chunks])
         out.update(status="ok", damaged=stream.damaged, reason=stream.reason, duration_s=stream.samples / mel.sample_rate)
@@ -327,7 +323,7 @@ def build_mel_cache(
     cache_dir.mkdir(parents=True, exist_ok=True)
     meta = cache_dir / "cache.json"
     if not meta.exists():
-        _atomic_write(meta, lambda tmp: tmp.write_text(json.dumps({"version": cache_version(mel), "mel": to_dict(mel)}, indent=2)))
+        atomic_write(meta, lambda tmp: tmp.write_text(json.dumps({"version": cache_version(mel), "mel": mel.to_dict()}, indent=2)))
     i, n = partition or (0, 1)
     recs = recordings.unique("filename", keep="first", maintain_order=True)
     if n > 1:
@@ -364,7 +360,7 @@ def build_mel_cache(
 def _compute_all(builder: _Builder, todo: list[str], audio_root: Path, labels: dict[str, tuple]) -> float:
     """Compute `todo` in the process pool (largest first), flushing shards of bounded size."""
     by_size = sorted(todo, key=lambda f: -builder.stats[f][0])
-    mel_dict = to_dict(builder.mel)
+    mel_dict = builder.mel.to_dict()
     jobs = ((f, str(audio_root / f), mel_dict) for f in by_size)
     limit = builder.cache.shard_max_mb * 2**20
     pending: list[dict] = []
@@ -391,133 +387,3 @@ def _drop_other_partitionings(cache_dir: Path, keep: str) -> None:
     for path in [*cache_dir.glob("index-*.parquet"), *cache_dir.glob("shard-*.parquet")]:
         if f"-{keep}" not in path.name:
             path.unlink(missing_ok=True)
-
-
-# --- reading ---------------------------------------------------------------------------------
-
-
-def current_index(cache_dir: Path) -> pl.DataFrame:
-    """All partitions' index entries of the most recently written partition count."""
-    files = list(Path(cache_dir).glob("index-p*of*.parquet"))
-    if not files:
-        return pl.DataFrame(schema=INDEX_SCHEMA)
-    newest = max(files, key=lambda p: p.stat().st_mtime_ns)
-    count = newest.name.split("of")[1].split(".")[0]
-    return pl.concat([pl.read_parquet(p) for p in files if p.name.endswith(f"of{count}.parquet")]).sort("filename")
-
-
-class MelCacheReader:
-    """Random access to the cache's windows for training and evaluation.
-
-    `windows` lists every window (row 0..N-1, sorted by filename and window); `mels(rows)`
-    decodes only the row groups holding `rows`, keeping recent ones in a per-process LRU of
-    `lru_mb`. Open Parquet files are not pickled: DataLoader workers reopen them lazily.
-    """
-
-    def __init__(self, cache_dir: str | Path, lru_mb: int = 256):
-        self.cache_dir = Path(cache_dir)
-        meta = self.cache_dir / "cache.json"
-        if not meta.exists():
-            raise FileNotFoundError(f"{self.cache_dir}: not a mel cache (no cache.json)")
-        self.mel_config: MelConfig = from_dict(MelConfig, json.loads(meta.read_text())["mel"])
-        self.index = current_index(self.cache_dir)
-        self.digest = digest(self.index, self.mel_config)
-        self.windows, self._shards, self._shard_of, self._row_of = self._load_windows()
-        self._lru_bytes = lru_mb * 2**20
-        self._files: dict[int, pq.ParquetFile] = {}
-        self._groups: dict[int, np.ndarray] = {}
-        self._lru: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
-
-    def _load_windows(self):
-        ok = self.index.filter(pl.col("status") == "ok")
-        shards = sorted(ok["shard"].unique().to_list())
-        parts = []
-        for sid, name in enumerate(shards):
-            cols = pl.read_parquet(self.cache_dir / name, columns=WINDOW_COLUMNS).with_row_index("_row")
-            refs = ok.filter(pl.col("shard") == name).select("filename", "shard_row", "n_windows")
-            cols = cols.join(refs, on="filename").filter(
-                (pl.col("_row") >= pl.col("shard_row")) & (pl.col("_row") < pl.col("shard_row") + pl.col("n_windows"))
-            )
-            parts.append(cols.drop("shard_row", "n_windows").with_columns(pl.lit(sid, pl.Int32).alias("_shard")))
-        if not parts:
-            empty = pl.DataFrame(schema={"row": pl.Int64, "filename": pl.String, "window_index": pl.Int32,
-                                         "start_seconds": pl.Float64, "end_seconds": pl.Float64,
-                                         "primary_label": pl.String, "secondary_labels": pl.List(pl.String)})  # fmt: skip
-            return empty, shards, np.zeros(0, np.int32), np.zeros(0, np.int64)
-        df = pl.concat(parts).sort("filename", "window_index").with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
-        windows = df.select("row", *WINDOW_COLUMNS)
-        return windows, shards, df["_shard"].to_numpy(), df["_row"].cast(pl.Int64).to_numpy()
-
-    def __len__(self) -> int:
-        return self.windows.height
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state.update(_files={}, _groups={}, _lru=OrderedDict())
-        return state
-
-    def mels(self, rows: Iterable[int] | np.ndarray) -> np.ndarray:
-        """float32 [len(rows), n_mels, n_frames], in the order of `rows`."""
-        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        cfg = self.mel_config
-        out = np.empty((len(rows), cfg.n_mels, cfg.n_frames), np.float32)
-        shard, srow = self._shard_of[rows], self._row_of[rows]
-        for sid in np.unique(shard):
-            sel = np.nonzero(shard == sid)[0]
-            starts = self._group_starts(int(sid))
-            group = np.searchsorted(starts, srow[sel], side="right") - 1
-            for g in np.unique(group):
-                in_group = sel[group == g]
-                out[in_group] = self._row_group(int(sid), int(g))[srow[in_group] - starts[g]]
-        return out
-
-    def _group_starts(self, sid: int) -> np.ndarray:
-        if sid not in self._groups:
-            meta = self._file(sid).metadata
-            self._groups[sid] = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])[:-1]
-        return self._groups[sid]
-
-    def _file(self, sid: int) -> pq.ParquetFile:
-        if sid not in self._files:
-            self._files[sid] = pq.ParquetFile(self.cache_dir / self._shards[sid])
-        return self._files[sid]
-
-    def _row_group(self, sid: int, g: int) -> np.ndarray:
-        key = (sid, g)
-        if key in self._lru:
-            self._lru.move_to_end(key)
-            return self._lru[key]
-        values = self._file(sid).read_row_group(g, columns=["mel"]).column(0).combine_chunks().flatten().flatten()
-        dtype = np.dtype(self.mel_config.dtype)  # read the buffer: to_numpy() boxes float16 values
-        flat = np.frombuffer(values.buffers()[1], dtype, count=len(values), offset=values.offset * dtype.itemsize)
-        mels = flat.reshape(-1, self.mel_config.n_mels, self.mel_config.n_frames)
-        self._lru[key] = mels
-        while sum(m.nbytes for m in self._lru.values()) > self._lru_bytes and len(self._lru) > 1:
-            self._lru.popitem(last=False)
-        return mels
-
-
-# --- command line ---------------------------------------------------------------------------
-
-
-def _read_recordings(layout: DatasetLayout) -> pl.DataFrame:
-    """Validated metadata when the taxonomy is there, else a plain read of the CSV."""
-    from birdpipe import metadata
-
-    if layout.taxonomy.exists():
-        return metadata.load_train_metadata(layout.train_metadata, metadata.load_taxonomy(layout.taxonomy)).recordings
-    df = metadata.read_csv(layout.train_metadata, metadata.REQUIRED_METADATA)
-    secondary = df["secondary_labels"] if "secondary_labels" in df.columns else [None] * df.height
-    return df.with_columns(pl.Series("secondary_labels", [metadata.parse_list_literal(s) for s in secondary], pl.List(pl.String)))
-
-
-def build_mel_cache_cli(data_root: Path, out: Path, mel: MelConfig, cache: CacheConfig, limit: int | None) -> int:
-    layout = DatasetLayout(Path(data_root))
-    recordings = _read_recordings(layout)
-    if limit:
-        recordings = recordings.head(limit)
-    report = build_mel_cache(recordings, layout.train_audio, Path(out), mel, cache)
-    print(report.summary())
-    for filename, _, reason in report.quarantined.iter_rows():
-        print(f"  quarantined {filename}: {reason}")
-    return 0

@@ -12,18 +12,18 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from birdpipe.cache import MelCacheReader
-from birdpipe.folds import ALWAYS_TRAIN
-from birdpipe.labels import target_matrix
-from birdpipe.metrics import oof_scores
-from birdpipe.models import load_model
-from birdpipe.training import predict_windows, select_device
+from birdpipe.data.folds import ALWAYS_TRAIN
+from birdpipe.data.labels import target_matrix
+from birdpipe.evaluation.metrics import oof_scores
+from birdpipe.features.reader import CacheReader
+from birdpipe.models.predict import predict_windows, select_device
+from birdpipe.models.sed import load_model
 
 WINDOW_COLUMNS = ("row", "filename", "window_index", "start_seconds", "end_seconds", "primary_label", "secondary_labels")
 
 
 def predict_out_of_fold(
-    cache: MelCacheReader,
+    cache: CacheReader,
     folds: pl.DataFrame,
     checkpoints: Mapping[int, str | Path],
     batch_size: int = 64,

@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from birdpipe.config import FoldConfig
+from birdpipe.data.config import FoldConfig
 
 #: The fold of recordings that are in every fold's training set and never validated.
 ALWAYS_TRAIN = -1
@@ -24,8 +24,6 @@ ALWAYS_TRAIN = -1
 
 def assign_folds(recordings: pl.DataFrame, cfg: FoldConfig) -> pl.DataFrame:
     """`filename, primary_label, fold` for every recording, stratified on primary_label."""
-    if cfg.n_folds < 2:
-        raise ValueError(f"n_folds must be at least 2, got {cfg.n_folds}")
     species_size = pl.col("filename").count().over("primary_label")
     ordered = recordings.select("filename", "primary_label", *_group(cfg)).sort("filename")
     always = ordered.filter(species_size < cfg.always_train_below)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import polars as pl
 
+from birdpipe.paths import DatasetLayout
+
 REQUIRED_METADATA = ("primary_label", "filename")
 REQUIRED_TAXONOMY = ("primary_label",)
 LIST_COLUMNS = ("secondary_labels", "type")
@@ -21,11 +23,13 @@ QUARANTINE_SCHEMA = {"row": pl.Int64, "filename": pl.String, "reason": pl.String
 
 @dataclass(frozen=True)
 class Metadata:
-    """Trainable rows, quarantined rows, and secondary labels that were not in the taxonomy."""
+    """Trainable rows, quarantined rows, and labels that were not in the taxonomy (with counts)."""
 
     recordings: pl.DataFrame
     quarantine: pl.DataFrame
     unknown_secondary: dict[str, int]
+    #: Primary labels of quarantined rows that the taxonomy lacks.
+    unknown_primary: dict[str, int]
 
 
 def read_csv(path: Path, required: tuple[str, ...]) -> pl.DataFrame:
@@ -88,11 +92,13 @@ def load_train_metadata(path: Path, taxonomy: pl.DataFrame) -> Metadata:
         [_rating_column(df)]
         + [pl.col(c).cast(pl.Float64, strict=False) for c in ("latitude", "longitude") if c in df.columns]
     )
+    unknown_primary: dict[str, int] = {}
     for row, label, filename in df.select("row", "primary_label", "filename").iter_rows():
         if not filename:
             problems.append(_problem(df, row, "empty filename"))
         elif label not in classes:
             problems.append(_problem(df, row, f"primary_label {label!r} is not in the taxonomy"))
+            unknown_primary[label] = unknown_primary.get(label, 0) + 1
     for row in df.filter(pl.col("filename").is_duplicated() & pl.col("filename").is_not_null())["row"]:
         problems.append(_problem(df, row, "duplicate filename"))
     quarantine = pl.DataFrame(problems, schema=QUARANTINE_SCHEMA).unique("row", keep="first").sort("row")
@@ -104,6 +110,7 @@ def load_train_metadata(path: Path, taxonomy: pl.DataFrame) -> Metadata:
         recordings=good.drop("row"),
         quarantine=quarantine,
         unknown_secondary=dict(zip(unknown[unknown.columns[0]].to_list(), unknown["count"].to_list())),
+        unknown_primary=unknown_primary,
     )
 
 
@@ -121,3 +128,13 @@ def _problem(df: pl.DataFrame, row: int, reason: str) -> dict:
 def _empty_rows(df: pl.DataFrame) -> list[int]:
     mask = df["primary_label"].is_null() | (df["primary_label"] == "")
     return [i for i, bad in enumerate(mask.to_list()) if bad]
+
+
+def read_recordings(layout: DatasetLayout) -> pl.DataFrame:
+    """The dataset's recordings: validated against the taxonomy when there is one, else the
+    metadata CSV with its list literals parsed."""
+    if layout.taxonomy.exists():
+        return load_train_metadata(layout.train_metadata, load_taxonomy(layout.taxonomy)).recordings
+    df = read_csv(layout.train_metadata, REQUIRED_METADATA)
+    secondary = df["secondary_labels"] if "secondary_labels" in df.columns else [None] * df.height
+    return df.with_columns(pl.Series("secondary_labels", [parse_list_literal(s) for s in secondary], pl.List(pl.String)))

@@ -9,7 +9,7 @@ from typing import Any
 
 import polars as pl
 
-from birdpipe.audio import probe
+from birdpipe.data.audio import probe
 from birdpipe.parallel import imap_unordered
 
 MANIFEST_SCHEMA = {

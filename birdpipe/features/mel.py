@@ -6,7 +6,7 @@ Windows follow one rule everywhere (cache, training loader, inference): starts e
 
 Fast path: each window goes through one STFT (scipy's pocketfft in float32, zero-padded
 centred frames as librosa's), its power is projected on librosa's mel filterbank (sparse),
-the spectral gate (`birdpipe.denoise`) runs on the mel bands with noise statistics over a
+the spectral gate (`features.denoise`) runs on the mel bands with noise statistics over a
 chunk of windows (`noise_chunk_seconds`), then dB relative to each window's peak, `top_db`
 floor and normalisation. No inverse STFT and no second STFT, unlike noisereduce + mel. The
 reference path is the usual notebook loop: `noisereduce.reduce_noise` on the waveform,
@@ -22,8 +22,8 @@ import numpy as np
 import scipy.fft
 import scipy.sparse
 
-from birdpipe import denoise
-from birdpipe.config import MelConfig
+from birdpipe.features import denoise
+from birdpipe.features.config import MelConfig
 
 #: librosa.power_to_db's floor.
 AMIN = 1e-10

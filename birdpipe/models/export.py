@@ -10,7 +10,6 @@ along in the ONNX metadata, so a `.onnx` file alone is a complete deployable mod
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,19 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from birdpipe.models import probabilities
+from birdpipe.models.sed import ProbabilityModel
+from birdpipe.paths import atomic_write
 
 INPUT, OUTPUT, META_KEY = "mel", "probabilities", "birdpipe_meta"
-
-
-class _WithProbabilities(nn.Module):
-    def __init__(self, model: nn.Module, clip_weight: float):
-        super().__init__()
-        self.model, self.clip_weight = model, clip_weight
-
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        clip, frame = self.model(mel)
-        return probabilities(clip, frame, self.clip_weight)
 
 
 def export_onnx(
@@ -45,11 +35,8 @@ def export_onnx(
     import onnx
 
     clip_weight = (meta or {}).get("model", {}).get("clip_weight", getattr(model.cfg, "clip_weight", 0.75))
-    wrapper = _WithProbabilities(model, float(clip_weight)).eval().cpu()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = ProbabilityModel(model, float(clip_weight)).eval().cpu()
     example = torch.zeros(2, n_mels, n_frames)
-    tmp = path.with_name(path.name + ".tmp")
     with warnings.catch_warnings():  # the exporter's deprecation and dynamic-shape notes
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -65,9 +52,7 @@ def export_onnx(
     proto = program.model_proto
     if meta is not None:
         proto.metadata_props.add(key=META_KEY, value=json.dumps(meta))
-    onnx.save(proto, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: onnx.save(proto, str(tmp)))
 
 
 class OnnxModel:

@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
-from birdpipe.audio import probe
-from birdpipe.config import SubmissionConfig
-from birdpipe.metrics import score_files
-from birdpipe.submission import solution_from_labels, write_submission
-from birdpipe.thresholds import Thresholds
+from birdpipe.data.audio import probe
+from birdpipe.evaluation.metrics import score_files
+from birdpipe.evaluation.thresholds import Thresholds
+from birdpipe.inference.config import SubmissionConfig
+from birdpipe.inference.formats import FORMATS, layouts, solution_from_labels, write_submission
 
-#: One file per distinct format: 2023-2025 share theirs.
-FORMAT_FILES = {"2021": "birdclef2021", "2022": "birdclef2022", "2025": "birdclef2025"}
-#: Metrics scored on each format's file.
-FORMAT_METRICS = {"2021": ("birdclef2021",), "2022": ("birdclef2022",), "2025": ("birdclef2023", "birdclef2025")}
 LABELS_FILE = "test_soundscape_labels.csv"
 
 
@@ -50,11 +46,11 @@ def write_all_formats(
     out_dir: Path,
     scored_birds: Sequence[str] | None = None,
 ) -> dict[str, Path]:
-    """`submission.csv` in the configured format plus `submission-<format>.csv` in each format."""
+    """`submission.csv` in the configured format plus `submission-<format>.csv` in each layout."""
     paths = {"submission": write_submission(predictions, classes, thresholds, cfg, out_dir / "submission.csv", scored_birds)}
-    for fmt in FORMAT_FILES:
+    for fmt in layouts():
         paths[fmt] = write_submission(
-            predictions, classes, thresholds, replace(cfg, format=fmt), out_dir / f"submission-{fmt}.csv", scored_birds
+            predictions, classes, thresholds, cfg.replace(format=fmt), out_dir / f"submission-{fmt}.csv", scored_birds
         )
     return paths
 
@@ -75,8 +71,8 @@ def score_formats(
     """Write each format's solution from the labels and score that format's submission on it."""
     labels = pl.read_csv(labels_csv, schema_overrides={"birds": pl.String, "soundscape_id": pl.String})
     scores = []
-    for fmt, metrics in FORMAT_METRICS.items():
+    for fmt in layouts():
         solution = out_dir / f"solution-{fmt}.csv"
         solution_from_labels(labels, classes, fmt, scored_birds).write_csv(solution)
-        scores += [Score(m, solution, submissions[fmt], score_files(solution, submissions[fmt], m)) for m in metrics]
+        scores += [Score(m, solution, submissions[fmt], score_files(solution, submissions[fmt], m)) for m in FORMATS.get(fmt).metrics]
     return scores

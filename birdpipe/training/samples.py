@@ -6,7 +6,7 @@ Two sources of x, chosen by the augmentation config:
   (`__getitems__`), so a batch costs one read per row group rather than one per sample.
 * `WaveWindows` is used when a waveform augmentation is on: it decodes the crop from the
   recording (`audio.read_segment` seeks, so it costs the crop, not the file), augments it, and
-  computes the mel with `features.log_mel_windows`, the function that built the cache, so
+  computes the mel with `features.mel.log_mel_windows`, the function that built the cache, so
   training and cached features match. Its random crops may start anywhere, not only on the
   cache's window grid.
 
@@ -28,9 +28,12 @@ import polars as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from birdpipe.augment import WaveAugment, time_extend
-from birdpipe.config import MelConfig
-from birdpipe.labels import rating_weights, target_matrix
+from birdpipe.data.audio import probe, read_segment
+from birdpipe.data.labels import rating_weights, target_matrix
+from birdpipe.features.config import MelConfig
+from birdpipe.features.mel import log_mel_windows
+from birdpipe.features.reader import CacheReader
+from birdpipe.training.augment import WaveAugment
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -112,7 +115,7 @@ class Targets:
 class MelWindows(Dataset):
     """Cached mels of `rows`; batched reads through `__getitems__`."""
 
-    def __init__(self, cache, rows: np.ndarray, targets: Targets):
+    def __init__(self, cache: CacheReader, rows: np.ndarray, targets: Targets):
         self.cache, self.rows, self.targets = cache, np.asarray(rows, np.int64), targets
 
     def __len__(self) -> int:
@@ -139,33 +142,22 @@ class WaveWindows(Dataset):
         targets: Targets,
         mel: MelConfig,
         augment: WaveAugment | None,
-        extend_p: float = 0.0,
-        fill: Callable[[int], np.ndarray] | None = None,
     ):
         self.paths, self.targets, self.mel = list(paths), targets, mel
         self.rows = crops["row"].to_numpy()
         self.starts = crops["start"].to_numpy()
         self.files = np.array([cache_rows_to_file[r] for r in self.rows], np.int64)
-        self.augment, self.extend_p, self.fill = augment, extend_p, fill
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def wave(self, index: int) -> np.ndarray:
-        """The crop's audio after time extension and waveform augmentations."""
-        from birdpipe.audio import read_segment
-
-        n = self.mel.window_samples
+        """The crop's audio after the waveform augmentations."""
         wave = read_segment(self.paths[self.files[index]], self.mel.sample_rate, self.starts[index], self.mel.window_seconds)
-        if self.extend_p > 0 and np.random.random() < self.extend_p:
-            keep = int(n * np.random.uniform(0.5, 1.0))
-            fill = self.fill(n) if self.fill else None
-            wave = time_extend(wave, keep, int(np.random.randint(0, n - keep + 1)), fill)
         return self.augment(wave) if self.augment else wave
 
     def __getitems__(self, indices: Sequence[int]) -> Batch:
-        from birdpipe.features import log_mel_windows
-
         x = np.stack([log_mel_windows(self.wave(i), self.mel)[0][0] for i in indices])
         rows = self.rows[np.asarray(indices)]
         return torch.from_numpy(x.astype(np.float32, copy=False)), torch.from_numpy(self.targets.y[rows]), torch.from_numpy(self.targets.w[rows])
@@ -205,8 +197,6 @@ def make_loader(dataset: Dataset, batch_size: int, num_workers: int, seed: int, 
 
 def background_filler(files: Sequence[Path], sample_rate: int) -> Callable[[int], np.ndarray]:
     """A random `n`-sample stretch of a random background file (for time extension)."""
-    from birdpipe.audio import probe, read_segment
-
     durations = [probe(f, decode=False).duration_s for f in files]
 
     def fill(n: int) -> np.ndarray:

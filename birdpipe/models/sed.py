@@ -9,8 +9,6 @@ model exports to ONNX unchanged.
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from birdpipe.config import ModelConfig, from_dict, to_dict
+from birdpipe.models.config import ModelConfig
+from birdpipe.paths import atomic_write
+from birdpipe.schema import Section
 
 
 class AttentionHead(nn.Module):
@@ -92,34 +92,40 @@ def probabilities(clip_logits: Tensor, frame_logits: Tensor, clip_weight: float)
     return clip_weight * torch.sigmoid(clip_logits) + (1.0 - clip_weight) * frame_max
 
 
+class ProbabilityModel(nn.Module):
+    """What is deployed (ONNX, MLflow): mels `[B, n_mels, T]` -> blended probabilities `[B, C]`."""
+
+    def __init__(self, model: SedModel, clip_weight: float):
+        super().__init__()
+        self.model, self.clip_weight = model, clip_weight
+
+    def forward(self, mel: Tensor) -> Tensor:
+        return probabilities(*self.model(mel), self.clip_weight)
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any], **state: Any) -> Path:
     """Write `{"model", "meta", **state}` atomically, so a run killed mid-write keeps the old file.
 
     `meta` and `state` must hold only tensors and plain Python types: they are read back
     with `torch.load(weights_only=True)`.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": model.state_dict(), "meta": meta, **state}, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: torch.save({"model": model.state_dict(), "meta": meta, **state}, tmp))
 
 
 def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
     return torch.load(Path(path), map_location=device, weights_only=True)
 
 
-def model_meta(model: SedModel, classes: list[str], mel: Any, **extra: Any) -> dict[str, Any]:
+def model_meta(model: SedModel, classes: list[str], mel: Section, **extra: Any) -> dict[str, Any]:
     """The `meta` that makes a checkpoint self-describing: classes, model and mel configs."""
-    return {"classes": list(classes), "model": to_dict(model.cfg), "mel": to_dict(mel), **extra}
+    return {"classes": list(classes), "model": model.cfg.to_dict(), "mel": mel.to_dict(), **extra}
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[SedModel, dict[str, Any]]:
     """Rebuild the model a checkpoint describes (no pretrained file needed) in eval mode."""
     ckpt = read_checkpoint(path, device)
     meta = ckpt["meta"]
-    cfg = dataclasses.replace(from_dict(ModelConfig, meta["model"]), pretrained_weights=None)
+    cfg = ModelConfig.from_dict({**meta["model"], "pretrained_weights": None})
     model = build_model(cfg, len(meta["classes"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), meta

@@ -8,6 +8,11 @@ and probability matrices, so out-of-fold scores and leaderboard-style scores agr
 Formats (see docs/evaluation.md): 2021 `row_id,birds` (space-separated codes or `nocall`);
 2022 `row_id,target` with row_id `<file>_<bird>_<end_s>`; 2023-2025 `row_id` + one column
 per species.
+
+Two registries name the metrics: `VALIDATION_METRICS` (matrix metrics a training run selects
+its best epoch by: `[train] metric`) and `COMPETITION_METRICS` (each year's metric on
+submission frames: `birdpipe score --metric`). scikit-learn loads on first use, so that
+validating a config stays fast (imported inside the functions that use it).
 """
 
 from __future__ import annotations
@@ -15,15 +20,20 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-
 import numpy as np
 import polars as pl
-from sklearn.metrics import average_precision_score, balanced_accuracy_score, f1_score, roc_auc_score
+
+from birdpipe.registry import Registry
 
 NOCALL = "nocall"
 ROW_ID = "row_id"
 #: How many bad ids or cells an error message names before "...".
 _SHOW = 5
+
+#: name -> `fn(y_true [n, C], y_score [n, C]) -> float`.
+VALIDATION_METRICS: Registry[Callable[[np.ndarray, np.ndarray], float]] = Registry("validation metric")
+#: name -> `fn(solution, submission) -> float` on a year's submission frames.
+COMPETITION_METRICS: Registry[Callable[[pl.DataFrame, pl.DataFrame], float]] = Registry("metric")
 
 
 # --- array cores -------------------------------------------------------------------------
@@ -35,16 +45,20 @@ def rowwise_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 
 def _samples_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    return float(f1_score(y_true, y_pred, average="samples"))
+    import sklearn.metrics as skm
+
+    return float(skm.f1_score(y_true, y_pred, average="samples"))
 
 
 def species_balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     """2022 per species: (TPR + TNR) / 2; NaN for species without positives (not scored)."""
+    import sklearn.metrics as skm
+
     out = np.full(y_true.shape[1], np.nan)
     for c in np.flatnonzero(y_true.sum(axis=0) > 0):
         with warnings.catch_warnings():  # all-positive column: sklearn warns and returns TPR
             warnings.simplefilter("ignore", UserWarning)
-            out[c] = balanced_accuracy_score(y_true[:, c], y_pred[:, c])
+            out[c] = skm.balanced_accuracy_score(y_true[:, c], y_pred[:, c])
     return out
 
 
@@ -53,24 +67,30 @@ def weighted_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return _nanmean(species_balanced_accuracy(y_true, y_pred), "2022 weighted accuracy")
 
 
+@VALIDATION_METRICS.register("cmap")
 def padded_cmap(y_true: np.ndarray, y_score: np.ndarray, padding: int = 5) -> float:
     """2023: macro AP after appending `padding` rows of ones to both (no empty columns)."""
+    import sklearn.metrics as skm
+
     ones = np.ones((padding, y_true.shape[1]))
     return float(
-        average_precision_score(np.vstack([y_true, ones]), np.vstack([y_score, ones]), average="macro")
+        skm.average_precision_score(np.vstack([y_true, ones]), np.vstack([y_score, ones]), average="macro")
     )
 
 
+@VALIDATION_METRICS.register("roc_auc")
 def macro_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
     """2024/2025: macro ROC-AUC over species with positives.
 
     A column of only positives has no AUC (the official code errors); it is left out too.
     """
+    import sklearn.metrics as skm
+
     positives = y_true.sum(axis=0)
     scored = (positives > 0) & (positives < len(y_true))
     if not scored.any():
         raise ValueError("macro ROC-AUC: no species column has both positives and negatives")
-    return float(roc_auc_score(y_true[:, scored], y_score[:, scored], average="macro"))
+    return float(skm.roc_auc_score(y_true[:, scored], y_score[:, scored], average="macro"))
 
 
 # --- matrices: out-of-fold ---------------------------------------------------------------
@@ -97,6 +117,8 @@ def oof_scores(
 
 def per_species_table(y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[str]) -> pl.DataFrame:
     """species, positives, ap, auc (null where undefined), sorted by positives: for reports."""
+    import sklearn.metrics as skm
+
     y_true, y_prob = check_matrices(y_true, y_prob, classes)
     rows = []
     for c, name in enumerate(classes):
@@ -107,8 +129,8 @@ def per_species_table(y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[
             {
                 "species": name,
                 "positives": pos,
-                "ap": float(average_precision_score(t, s)) if pos else None,
-                "auc": float(roc_auc_score(t, s)) if defined else None,
+                "ap": float(skm.average_precision_score(t, s)) if pos else None,
+                "auc": float(skm.roc_auc_score(t, s)) if defined else None,
             }
         )
     schema = {"species": pl.String, "positives": pl.Int64, "ap": pl.Float64, "auc": pl.Float64}
@@ -118,6 +140,7 @@ def per_species_table(y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[
 # --- frames: the years' submission formats -----------------------------------------------
 
 
+@COMPETITION_METRICS.register("birdclef2021")
 def birdclef2021(solution: pl.DataFrame, submission: pl.DataFrame) -> float:
     """Row-wise micro F1 of `birds` label sets (`nocall` is a label)."""
     sol, sub = _aligned(solution, submission, ["birds"], "birds")
@@ -126,6 +149,7 @@ def birdclef2021(solution: pl.DataFrame, submission: pl.DataFrame) -> float:
     return _samples_f1(_binarize(sol_sets, vocab), _binarize(sub_sets, vocab))
 
 
+@COMPETITION_METRICS.register("birdclef2022")
 def birdclef2022(solution: pl.DataFrame, submission: pl.DataFrame) -> float:
     """Weighted accuracy over (window, scored bird) rows, row_id `<file>_<bird>_<end_s>`."""
     sol, sub = _aligned(solution, submission, ["target"], "target")
@@ -142,29 +166,23 @@ def birdclef2022(solution: pl.DataFrame, submission: pl.DataFrame) -> float:
     return _nanmean(np.array(scores), "2022 weighted accuracy")
 
 
+@COMPETITION_METRICS.register("birdclef2023")
 def birdclef2023(solution: pl.DataFrame, submission: pl.DataFrame) -> float:
     """Padded cmAP over the species columns."""
     return padded_cmap(*_wide_matrices(solution, submission))
 
 
+@COMPETITION_METRICS.register("birdclef2024")
 def birdclef2024(solution: pl.DataFrame, submission: pl.DataFrame) -> float:
     """Macro ROC-AUC over species columns with positives."""
     return macro_auc(*_wide_matrices(solution, submission))
 
 
-birdclef2025 = birdclef2024
-
-METRICS: dict[str, Callable[[pl.DataFrame, pl.DataFrame], float]] = {
-    "birdclef2021": birdclef2021,
-    "birdclef2022": birdclef2022,
-    "birdclef2023": birdclef2023,
-    "birdclef2024": birdclef2024,
-    "birdclef2025": birdclef2025,
-}
+birdclef2025 = COMPETITION_METRICS.register("birdclef2025")(birdclef2024)
 
 
 def score(metric: str, solution, submission) -> float:
-    """`metric` (a METRICS name, or just the year) on two frames (polars or pandas)."""
+    """`metric` (a COMPETITION_METRICS name, or just the year) on two frames (polars or pandas)."""
     return _metric(metric)(_polars(solution, "solution"), _polars(submission, "submission"))
 
 
@@ -180,10 +198,8 @@ def score_files(solution_csv: Path, submission_csv: Path, metric: str) -> float:
 
 
 def _metric(name: str) -> Callable[[pl.DataFrame, pl.DataFrame], float]:
-    key = name if name in METRICS else f"birdclef{name}"
-    if key not in METRICS:
-        raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
-    return METRICS[key]
+    """A registered metric by name or by year (`2025` -> `birdclef2025`)."""
+    return COMPETITION_METRICS.get(f"birdclef{name}" if f"birdclef{name}" in COMPETITION_METRICS else name)
 
 
 def _read_csv(path: Path, as_text: bool) -> pl.DataFrame:

@@ -1,0 +1,1 @@
+"""Recordings and their labels: metadata, audio decoding, the manifest, folds, synthetic data."""

@@ -1,0 +1,1 @@
+"""Scores of trained models: every BirdCLEF metric, out-of-fold predictions, thresholds."""

@@ -1,0 +1,1 @@
+"""Trained models on new audio: fold ensembles, soundscape predictions, submission formats."""

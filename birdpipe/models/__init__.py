@@ -1,0 +1,1 @@
+"""The SED model (timm backbone + attention head), its checkpoints, ONNX export and prediction."""

@@ -1,0 +1,1 @@
+"""Training one fold: the loop, its samples, augmentations and losses."""
