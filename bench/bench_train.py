@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from birdpipe.training.augment import batch_augment, waveform_augment
+from birdpipe.training.augment import WaveContext, batch_augment, waveform_augment
 from birdpipe.config import AugmentConfig, ModelConfig, PipelineConfig
 from birdpipe.training.samples import MelWindows, Targets, WaveWindows, epoch_crops, fold_windows, make_loader
 from birdpipe.training.losses import bce
@@ -30,8 +30,8 @@ from birdpipe.training.loop import select_device
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 SECTION = "## Training"
-WAVE_AUGMENT = AugmentConfig(gaussian_noise_p=0.5, pink_noise_p=0.3, gain_p=0.5, time_shift_p=0.5, pitch_shift_p=0.2)
-BATCH_AUGMENT = AugmentConfig(time_mask_p=0.5, freq_mask_p=0.5, mixup_p=0.5)
+WAVE_AUGMENT = AugmentConfig(waveform={"gaussian_noise": 0.5, "pink_noise": 0.3, "gain": 0.5, "time_shift": 0.5, "pitch_shift": 0.2})
+BATCH_AUGMENT = AugmentConfig(batch={"time_mask": 0.5, "freq_mask": 0.5, "mixup": 0.5})
 
 
 def prepare(data: Path | None, work: Path) -> tuple[Path, Path]:
@@ -142,7 +142,7 @@ def main() -> None:
         file_of_row = {r: index[f] for r, f in train.select("row", "filename").iter_rows()}
         mel_ds = MelWindows(cache, crops["row"].to_numpy(), targets)
         wave_ds = WaveWindows([data / "train_audio" / f for f in files], crops, file_of_row, targets, mel,
-                              waveform_augment(WAVE_AUGMENT, mel.sample_rate))  # fmt: skip
+                              waveform_augment(WAVE_AUGMENT, WaveContext(mel.sample_rate)))  # fmt: skip
         rows = []
         for name, ds in (("cached mels", mel_ds), ("decode + augment + mel", wave_ds)):
             for workers in sorted({0, args.workers}):
