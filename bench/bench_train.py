@@ -26,7 +26,7 @@ from birdpipe.config import AugmentConfig, ModelConfig, PipelineConfig
 from birdpipe.training.samples import MelWindows, Targets, WaveWindows, epoch_crops, fold_windows, make_loader
 from birdpipe.training.losses import bce
 from birdpipe.models.sed import build_model
-from birdpipe.training.loop import select_device
+from birdpipe.models.predict import select_device
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 SECTION = "## Training"
