@@ -15,7 +15,7 @@ import dagster as dg
 
 from birdpipe.config import PipelineConfig, load_config
 
-from . import evaluation, features, ingest, submission, training
+from . import evaluation, features, ingest, pretrained, submission, training
 from .resources import Dataset, Tracking, dataset_io_manager
 from .sensors import dataset_changed
 
@@ -23,22 +23,28 @@ from .sensors import dataset_changed
 def build_defs(config: PipelineConfig, resources: Mapping[str, Any] | None = None) -> dg.Definitions:
     """Definitions for `config`; `resources` replace the defaults (dataset and MLflow store from the environment)."""
     assets = [a for module in (ingest, features, training, evaluation, submission) for a in module.build(config)]
+    birdnet = pretrained.birdnet_files(config)
+    #: BirdNET's stages join the graph when its weights are installed (or required by the config).
+    pretrained_assets = pretrained.build(config, birdnet) if birdnet else []
+    caches = ["mel_cache"] + (["birdnet_embeddings"] if birdnet else [])
+    blend = ["embedding_heads", "ensemble"] if birdnet else []
     shards = features.cache_partitions(config)
     ingest_keys = ["taxonomy", "train_metadata", "audio_manifest"]
     jobs = [
-        #: Everything before training: ingest, the cache and the folds (ingest only when the cache is sharded).
-        dg.define_asset_job("prepare_job", selection=ingest_keys + ([] if shards else ["mel_cache", "folds"])),
+        #: Everything before training: ingest, the caches and the folds (ingest only when the caches are sharded).
+        dg.define_asset_job("prepare_job", selection=ingest_keys + ([] if shards else [*caches, "folds"])),
         #: One fold's training per run; backfill all partitions to train every fold.
         dg.define_asset_job("train_job", selection=["trained_model"]),
-        #: Out-of-fold scores, thresholds and the submission, after every fold is trained.
-        dg.define_asset_job("evaluate_job", selection=["oof_predictions", "thresholds", "submission"]),
+        #: Out-of-fold scores, embedding heads, the blend, thresholds and the submission, after every fold is trained.
+        dg.define_asset_job("evaluate_job", selection=["oof_predictions", *blend, "thresholds", "submission"]),
     ]
     if shards:
-        #: A sharded cache: one run per shard partition, then the folds over all shards.
+        #: Sharded caches: one run per shard partition, then the folds over all shards.
         jobs += [
-            dg.define_asset_job("cache_job", selection=["mel_cache"]),
+            dg.define_asset_job("cache_job", selection=caches),
             dg.define_asset_job("folds_job", selection=["folds"]),
         ]
+    assets += pretrained_assets
     defaults = {"dataset": Dataset(), "tracking": Tracking.from_config(config.tracking), "io_manager": dataset_io_manager}
     return dg.Definitions(
         assets=[a for a in assets if not isinstance(a, dg.AssetChecksDefinition)],

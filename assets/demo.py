@@ -72,6 +72,11 @@ def report(config: PipelineConfig, instance: dg.DagsterInstance) -> None:
     print(f"out-of-fold macro ROC-AUC (birdclef2025): pooled {oof['birdclef2025']:.4f}, mean of folds "
           f"{oof['fold_mean_birdclef2025']:.4f}   padded cmAP (birdclef2023): pooled {oof['birdclef2023']:.4f}, "
           f"mean of folds {oof['fold_mean_birdclef2023']:.4f}   mlflow run {oof['mlflow_run_id']}")
+    blend = latest(instance, "ensemble")
+    if blend:
+        print(f"ensemble (out of fold, per recording; weights {blend['weights']}, shrink {blend['shrink']}):\n{blend['members']}")
+    else:
+        print("ensemble: BirdNET is not installed, so the SED fold models stand alone (make birdnet adds it)")
     print(f"thresholds: global {thresholds['global_threshold']:.3f}; out-of-fold {thresholds['objective']} "
           f"{thresholds['global_score']:.4f} (global) / {thresholds['per_species_score']:.4f} (per species)")
     print(f"submission ({sub['format']} format, {sub['rows']} rows): {_rel(sub['submission_csv'])}")

@@ -28,6 +28,10 @@ class Dataset(dg.ConfigurableResource):
     def work(self) -> WorkLayout:
         return WorkLayout.for_dataset(Path(self.root), Path(self.work_root))
 
+    def birdnet_dir(self, version: str) -> Path:
+        """The BirdNET embeddings cache of a featurizer version (every shard partition writes into it)."""
+        return self.work.root / "birdnet_embeddings" / f"birdnet-{version}"
+
     def mel_cache_dir(self, mel: MelConfig) -> Path:
         """The cache folder of these mel parameters (every shard partition writes into it)."""
         return cache_dir_for(self.work.root / "mel_cache", mel)

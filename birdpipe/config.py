@@ -25,17 +25,17 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from birdpipe.data.config import FoldConfig
-from birdpipe.evaluation.config import ThresholdConfig
+from birdpipe.evaluation.config import BlendConfig, ThresholdConfig
 from birdpipe.features.cache import cache_version
 from birdpipe.features.config import CacheConfig, MelConfig
 from birdpipe.inference.config import SubmissionConfig
-from birdpipe.models.config import ModelConfig
+from birdpipe.models.config import BirdnetConfig, ModelConfig
 from birdpipe.schema import Section, version
 from birdpipe.tracking import TrackingConfig
-from birdpipe.training.config import AugmentConfig, TrainConfig
+from birdpipe.training.config import AugmentConfig, HeadConfig, TrainConfig
 
 __all__ = [
-    "CacheConfig", "ConfigError", "FoldConfig", "MelConfig", "ModelConfig", "AugmentConfig", "PipelineConfig",
+    "BirdnetConfig", "CacheConfig", "ConfigError", "FoldConfig", "MelConfig", "ModelConfig", "AugmentConfig", "PipelineConfig",
     "SubmissionConfig", "ThresholdConfig", "TrackingConfig", "TrainConfig", "load_config", "parse_config",
 ]  # fmt: skip
 
@@ -53,6 +53,9 @@ REVISIONS = {
     "oof_predictions": 1,
     "thresholds": 1,
     "submission": 1,
+    "birdnet_embeddings": 1,
+    "embedding_heads": 1,
+    "ensemble": 1,
 }
 
 
@@ -65,6 +68,9 @@ class PipelineConfig(Section):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     folds: FoldConfig = Field(default_factory=FoldConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    birdnet: BirdnetConfig = Field(default_factory=BirdnetConfig)
+    heads: HeadConfig = Field(default_factory=HeadConfig)
+    blend: BlendConfig = Field(default_factory=BlendConfig)
     thresholds: ThresholdConfig = Field(default_factory=ThresholdConfig)
     submission: SubmissionConfig = Field(default_factory=SubmissionConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -88,7 +94,10 @@ _STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "trained_model": ("train",),
     "oof_predictions": (),
     "thresholds": ("thresholds",),
-    "submission": ("submission",),
+    "submission": ("submission", "blend"),
+    "birdnet_embeddings": ("birdnet",),
+    "embedding_heads": ("birdnet", "heads"),
+    "ensemble": ("blend", "birdnet"),
 }
 #: ...and the stages whose versions its own folder must follow (a model trained on other
 #: features or splits must not resume or be scored as this one).
@@ -96,7 +105,9 @@ _STAGE_UPSTREAM: dict[str, tuple[str, ...]] = {
     "trained_model": ("mel_cache", "folds"),
     "oof_predictions": ("trained_model",),
     "thresholds": ("oof_predictions",),
-    "submission": ("thresholds",),
+    "submission": ("thresholds", "ensemble"),
+    "embedding_heads": ("folds", "birdnet_embeddings"),
+    "ensemble": ("oof_predictions", "embedding_heads"),
 }
 
 

@@ -31,7 +31,7 @@ BAD = [
     ("[train]\nlr = \"1e-3\"", r"\[train\] lr = '1e-3': Input should be a valid number"),
     ("[mel]\nsample_rate = -1", r"\[mel\] sample_rate = -1: Input should be greater than 0"),
     ("[train.model]\nbackbone = \"efficientnet_b9\"", r"\[train.model\] backbone = 'efficientnet_b9': unknown timm backbone 'efficientnet_b9'"),
-    ("[train.model]\npretrained_weights = \"/nowhere/w.pth\"", r"\[train.model\] pretrained_weights = '/nowhere/w.pth': /nowhere/w.pth: pretrained weights file not found"),
+    ("[train.model]\npretrained_weights = \"/nowhere/w.pth\"", r"\[train.model\] pretrained_weights = '/nowhere/w.pth': /nowhere/w.pth: file not found"),
     ("[train.augment.batch]\nmixup = 1.5", r"\[train.augment.batch\] mixup = 1.5: Input should be less than or equal to 1"),
     ("[train.augment.waveform]\npink = 0.5", r"\[train.augment.waveform\] pink = 0.5: unknown waveform augmentation 'pink'; known: .*pink_noise"),
     ("[train]\nmetric = \"auc\"", r"\[train\] metric = 'auc': unknown validation metric 'auc'; known: cmap, roc_auc"),

@@ -1,13 +1,20 @@
-"""The mel / noise-reduced spectrogram cache: Parquet shards of fixed-shape log-mel windows.
+"""Window caches: Parquet shards of fixed-shape arrays per window of every recording.
 
-Layout of `out_root / mel-<version>/` (version = hash of MelConfig, so parameter sets
-coexist and a change unsyncs the Dagster asset):
+One builder serves every feature computed per window of a recording: the log-mel cache
+(`MelFeatures`: mels of 5 s windows) and pretrained-model embeddings (a `Featurizer` from
+`models`, e.g. BirdNET's embeddings and logits of 3 s chunks). A `Featurizer` names its kind
+and version and turns one recording into arrays per window; the builder does the rest the same
+way for all: incremental reruns, quarantine, partitions, atomic files.
 
-- `cache.json`: the MelConfig and version;
+Layout of `out_root / <kind>-<version>/` (version = hash of the featurizer's parameters, so
+parameter sets coexist and a change unsyncs the Dagster asset):
+
+- `cache.json`: kind, version and parameters;
 - `shard-p<i>of<n>-<id>.parquet`: one row per (recording, window): filename, window_index,
-  start_seconds, end_seconds, primary_label, secondary_labels, mel (fixed-size
-  [n_mels][n_frames] float16 list); zstd; row groups of `row_group_windows` rows, the unit
-  a random read decompresses; at most about `shard_max_mb` each;
+  start_seconds, end_seconds, primary_label, secondary_labels, and one fixed-size array
+  column per feature (the mel cache: `mel`, [n_mels][n_frames] float16); zstd; row groups of
+  `row_group_windows` rows, the unit a random read decompresses; at most about
+  `shard_max_mb` each;
 - `index-p<i>of<n>.parquet`: one row per recording of partition i of n: its fingerprint
   (size, mtime, content hash), status (ok / quarantined) and reason, duration, and where
   its windows are (shard, first row).
@@ -28,7 +35,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import polars as pl
@@ -65,6 +72,52 @@ WINDOW_COLUMNS = ["filename", "window_index", "start_seconds", "end_seconds", "p
 LABELS = ["primary_label", "secondary_labels"]
 
 
+class Featurizer(Protocol):
+    """What a window cache computes per recording. Sent to worker processes, so picklable."""
+
+    #: Folder prefix and `cache.json` kind, e.g. "mel".
+    kind: str
+    #: Length of one window (its `end_seconds - start_seconds`).
+    window_seconds: float
+
+    def version(self) -> str:
+        """Hash of everything that changes the arrays: the cache folder's name."""
+        ...
+
+    def params(self) -> dict[str, Any]:
+        """What `cache.json` records under `kind`."""
+        ...
+
+    def compute(self, path: Path) -> tuple[dict[str, np.ndarray], np.ndarray, audio.AudioStream]:
+        """Arrays `{column: [n_windows, ...]}`, window starts (s) and the decoded stream
+        (duration, damage) of one recording; raises `audio.AudioError` when it cannot be read."""
+        ...
+
+
+@dataclass(frozen=True)
+class MelFeatures:
+    """Log-mel windows (float16 by default), streamed in chunks of `noise_chunk_seconds`."""
+
+    mel: MelConfig
+    kind: str = "mel"
+
+    @property
+    def window_seconds(self) -> float:
+        return self.mel.window_seconds
+
+    def version(self) -> str:
+        return cache_version(self.mel)
+
+    def params(self) -> dict[str, Any]:
+        return self.mel.to_dict()
+
+    def compute(self, path: Path) -> tuple[dict[str, np.ndarray], np.ndarray, audio.AudioStream]:
+        mel = self.mel
+        stream = audio.iter_blocks(path, mel.sample_rate, mel.noise_chunk_seconds)
+        chunks = [(m.astype(mel.dtype), s) for m, s in stream_log_mel_windows(stream, mel)]
+        return {"mel": np.concatenate([c[0] for c in chunks])}, np.concatenate([c[1] for c in chunks]), stream
+
+
 def cache_version(mel: MelConfig) -> str:
     return version("mel_cache", REVISION, mel)
 
@@ -83,11 +136,11 @@ def content_hash(path: Path) -> str:
         return hashlib.file_digest(f, "blake2b").hexdigest()[:32]
 
 
-def digest(index: pl.DataFrame, mel: MelConfig) -> str:
+def digest(index: pl.DataFrame, cache_version: str) -> str:
     """Content digest for lineage: parameters + what each recording was and gave (not mtimes)."""
     cols = ["filename", "content_hash", "status", "n_windows", "primary_label", "secondary_labels"]
     rows = index.select(cols).sort("filename").rows()
-    return hashlib.sha256(json.dumps([cache_version(mel), rows]).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([cache_version, rows]).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -133,18 +186,14 @@ def _write_table(path: Path, table: pa.Table, cache: CacheConfig) -> None:
 # --- worker ----------------------------------------------------------------------------------
 
 
-def _compute(job: tuple[str, str, dict]) -> dict[str, Any]:
-    """One recording, in a worker: streamed decode -> log-mel windows (float16), or why not."""
-    filename, path, mel_dict = job
-    mel = MelConfig.from_dict(mel_dict)
+def _compute(job: tuple[str, str, Featurizer]) -> dict[str, Any]:
+    """One recording, in a worker: the featurizer's arrays per window, or why not."""
+    filename, path, featurizer = job
     out: dict[str, Any] = {"filename": filename, "damaged": False, "reason": None}
     try:
         out["content_hash"] = content_hash(Path(path))
-        stream = audio.iter_blocks(path, mel.sample_rate, mel.noise_chunk_seconds)
-        chunks = [(m.astype(mel.dtype), s) for m, s in stream_log_mel_windows(stream, mel)]
-        out["mels"] = np.concatenate([c[0] for c in chunks])
-        out["starts"] = np.concatenate([c[1] for c in chunks])
-        out.update(status="ok", damaged=stream.damaged, reason=stream.reason, duration_s=stream.samples / mel.sample_rate)
+        out["arrays"], out["starts"], stream = featurizer.compute(Path(path))
+        out.update(status="ok", damaged=stream.damaged, reason=stream.reason, duration_s=stream.samples / stream.sr)
     except audio.AudioError as exc:
         out.update(status="quarantined", reason=exc.reason)
     except Exception as exc:  # noqa: BLE001 - one file must never stop the build
@@ -155,14 +204,15 @@ def _compute(job: tuple[str, str, dict]) -> dict[str, Any]:
 # --- shards ---------------------------------------------------------------------------------
 
 
-def _mel_array(mels: np.ndarray) -> pa.Array:
-    """[n, n_mels, n_frames] -> fixed-size list of fixed-size list (polars: Array(n_mels, n_frames))."""
-    n, n_mels, n_frames = mels.shape
-    flat = pa.array(np.ascontiguousarray(mels).reshape(-1))
-    return pa.FixedSizeListArray.from_arrays(pa.FixedSizeListArray.from_arrays(flat, n_frames), n_mels)
+def _fixed_array(values: np.ndarray) -> pa.Array:
+    """[n, d1, d2, ...] -> nested fixed-size lists (polars: Array(d1, d2, ...))."""
+    arr = pa.array(np.ascontiguousarray(values).reshape(-1))
+    for size in reversed(values.shape[1:]):
+        arr = pa.FixedSizeListArray.from_arrays(arr, size)
+    return arr
 
 
-def _window_table(results: list[dict], labels: dict[str, tuple], mel: MelConfig) -> pa.Table:
+def _window_table(results: list[dict], labels: dict[str, tuple], window_seconds: float) -> pa.Table:
     names, index, starts = [], [], []
     for r in results:
         k = len(r["starts"])
@@ -177,10 +227,10 @@ def _window_table(results: list[dict], labels: dict[str, tuple], mel: MelConfig)
             "filename": pa.array(names, pa.string()),
             "window_index": pa.array(np.concatenate(index).astype(np.int32)),
             "start_seconds": pa.array(starts),
-            "end_seconds": pa.array(starts + mel.window_seconds),
+            "end_seconds": pa.array(starts + window_seconds),
             "primary_label": pa.array(prim, pa.string()),
             "secondary_labels": pa.array(sec, pa.list_(pa.string())),
-            "mel": _mel_array(np.concatenate([r["mels"] for r in results])),
+            **{col: _fixed_array(np.concatenate([r["arrays"][col] for r in results])) for col in results[0]["arrays"]},
         }
     )
 
@@ -188,8 +238,8 @@ def _window_table(results: list[dict], labels: dict[str, tuple], mel: MelConfig)
 class _Builder:
     """State of one partition's build: its index (a dict by filename) and its shard files."""
 
-    def __init__(self, cache_dir: Path, part: tuple[int, int], mel: MelConfig, cache: CacheConfig, log):
-        self.dir, self.mel, self.cache, self.log = cache_dir, mel, cache, log
+    def __init__(self, cache_dir: Path, part: tuple[int, int], featurizer: Featurizer, cache: CacheConfig, log):
+        self.dir, self.featurizer, self.cache, self.log = cache_dir, featurizer, cache, log
         self.prefix = f"p{part[0]}of{part[1]}"
         self.index_path = cache_dir / f"index-{self.prefix}.parquet"
         self.entries: dict[str, dict] = (
@@ -213,7 +263,7 @@ class _Builder:
     def flush(self, results: list[dict], labels: dict[str, tuple]) -> None:
         """Write computed recordings as one shard, then point the index at it."""
         with_windows = [r for r in results if r["status"] == "ok"]
-        name = self.write_shard(_window_table(with_windows, labels, self.mel)) if with_windows else None
+        name = self.write_shard(_window_table(with_windows, labels, self.featurizer.window_seconds)) if with_windows else None
         row = 0
         for r in results:
             e = self.entries[r["filename"]]
@@ -235,7 +285,7 @@ class _Builder:
 
     def compact(self) -> None:
         """Rewrite shards holding rows the index no longer points at (removed, recomputed or
-        relabelled recordings), copying mels without recomputing; delete unreferenced files."""
+        relabelled recordings), copying arrays without recomputing; delete unreferenced files."""
         live = pl.DataFrame(list(self.entries.values()), schema=INDEX_SCHEMA).filter(pl.col("shard").is_not_null())
         for path in sorted(self.dir.glob(f"shard-{self.prefix}-*.parquet")):
             mine = live.filter(pl.col("shard") == path.name)
@@ -316,21 +366,34 @@ def build_mel_cache(
     partition: tuple[int, int] | None = None,
     log: Callable[[str], None] = print,
 ) -> CacheReport:
-    """Build or update the cache of `recordings` (or of shard `partition=(i, n)` of them)."""
+    """Build or update the mel cache of `recordings` under `out_root / mel-<version>`."""
+    return build_window_cache(recordings, audio_root, cache_dir_for(out_root, mel), MelFeatures(mel), cache, partition, log)
+
+
+def build_window_cache(
+    recordings: pl.DataFrame,
+    audio_root: Path,
+    cache_dir: Path,
+    featurizer: Featurizer,
+    cache: CacheConfig,
+    partition: tuple[int, int] | None = None,
+    log: Callable[[str], None] = print,
+) -> CacheReport:
+    """Build or update the `featurizer` cache of `recordings` (or of shard `partition=(i, n)` of them)."""
     t0 = time.perf_counter()
     audio_root = Path(audio_root)
-    cache_dir = cache_dir_for(out_root, mel)
     cache_dir.mkdir(parents=True, exist_ok=True)
     meta = cache_dir / "cache.json"
     if not meta.exists():
-        atomic_write(meta, lambda tmp: tmp.write_text(json.dumps({"version": cache_version(mel), "mel": mel.to_dict()}, indent=2)))
+        info = {"version": featurizer.version(), "kind": featurizer.kind, featurizer.kind: featurizer.params()}
+        atomic_write(meta, lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
     i, n = partition or (0, 1)
     recs = recordings.unique("filename", keep="first", maintain_order=True)
     if n > 1:
         recs = recs.filter(pl.Series([partition_of(f, n) == i for f in recs["filename"]]))
-    builder = _Builder(cache_dir, (i, n), mel, cache, log)
+    builder = _Builder(cache_dir, (i, n), featurizer, cache, log)
     todo, reused, removed = _plan(builder, recs, audio_root)
-    log(f"mel cache {cache_dir.name} [{builder.prefix}]: {len(todo)} to compute, {reused} reused, {removed} removed")
+    log(f"{featurizer.kind} cache {cache_dir.name} [{builder.prefix}]: {len(todo)} to compute, {reused} reused, {removed} removed")
     labels = {f: (e["primary_label"], e["secondary_labels"]) for f, e in builder.entries.items()}
     computed = _compute_all(builder, todo, audio_root, labels)
     builder.compact()
@@ -351,7 +414,7 @@ def build_mel_cache(
         reused=reused,
         removed=removed,
         wall_seconds=time.perf_counter() - t0,
-        digest=digest(index, mel),
+        digest=digest(index, featurizer.version()),
         computed_seconds=computed,
         damaged=int(ok["damaged"].sum()),
     )
@@ -360,15 +423,14 @@ def build_mel_cache(
 def _compute_all(builder: _Builder, todo: list[str], audio_root: Path, labels: dict[str, tuple]) -> float:
     """Compute `todo` in the process pool (largest first), flushing shards of bounded size."""
     by_size = sorted(todo, key=lambda f: -builder.stats[f][0])
-    mel_dict = builder.mel.to_dict()
-    jobs = ((f, str(audio_root / f), mel_dict) for f in by_size)
+    jobs = ((f, str(audio_root / f), builder.featurizer) for f in by_size)
     limit = builder.cache.shard_max_mb * 2**20
     pending: list[dict] = []
     size = seconds = 0.0
     for done, r in enumerate(imap_unordered(_compute, jobs, builder.cache.workers), 1):
         pending.append(r)
         if r["status"] == "ok":
-            size += r["mels"].nbytes
+            size += sum(a.nbytes for a in r["arrays"].values())
             seconds += r["duration_s"]
         else:
             builder.log(f"quarantined {r['filename']}: {r['reason']}")

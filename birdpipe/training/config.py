@@ -96,3 +96,21 @@ class TrainConfig(Section):
         if self.warmup_epochs > self.epochs:
             raise ValueError(f"warmup_epochs {self.warmup_epochs} exceeds epochs {self.epochs}")
         return self
+
+
+class HeadConfig(Section):
+    """Classifier heads on frozen pretrained embeddings, one per fold (`training.heads`)."""
+
+    #: Which heads to train: "logistic" (one linear layer) and/or "mlp" (one hidden layer).
+    kinds: tuple[Literal["logistic", "mlp"], ...] = ("logistic", "mlp")
+    hidden: PositiveInt = 512
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.3
+    epochs: PositiveInt = 60
+    batch_size: PositiveInt = 128
+    lr: PositiveFloat = 1e-3
+    weight_decay: NonNegativeFloat = 1e-4
+    #: Target of a secondary label.
+    secondary_weight: Probability = 0.5
+    #: Mixup of window embeddings (probability per batch sample; targets: max of both).
+    mixup: Probability = 0.5
+    seed: NonNegativeInt = 42

@@ -1,0 +1,80 @@
+"""Each ensemble member's predictions per 5 s window, and their out-of-fold set.
+
+- "sed": the fold CNNs' out-of-fold windows (`evaluation.oof`);
+- "birdnet": BirdNET zero-shot, the sigmoid of its logits for the species it knows (NaN for
+  the others), max over the window's chunks;
+- "logistic", "mlp": heads on the window's mean BirdNET embedding, each window scored by the
+  head of the fold that did not see its recording.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from birdpipe.data.folds import ALWAYS_TRAIN
+from birdpipe.data.labels import target_matrix
+from birdpipe.evaluation.blend import OofSet, fold_counts
+from birdpipe.features.windows import pool_files, pool_windows
+from birdpipe.models.birdnet import BirdnetClassifier, SpeciesMap, scores
+from birdpipe.models.heads import Head
+
+KEYS = ["filename", "window_index"]
+
+
+def birdnet_windows(
+    filenames: list[str], starts: np.ndarray, embeddings: np.ndarray, window_seconds: float,
+    classifier: BirdnetClassifier, species: SpeciesMap,
+) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
+    """(keys, mean embedding per window, zero-shot probabilities per window) from BirdNET chunks."""
+    logits = np.full((len(embeddings), len(species.classes)), np.nan, np.float32)
+    logits[:, species.matched] = classifier.logits(embeddings, species.index[species.matched])
+    keys, mean_embedding = pool_windows(filenames, starts, embeddings, window_seconds, "mean")
+    _, zero_shot = pool_windows(filenames, starts, scores(logits) + 0 * logits, window_seconds, "max")
+    return keys, mean_embedding, zero_shot
+
+
+def head_oof(keys: pl.DataFrame, x: np.ndarray, folds: pl.DataFrame, heads: Mapping[int, Path]) -> tuple[pl.DataFrame, np.ndarray]:
+    """(keys with fold, probabilities) of the windows of held-out recordings, each from its fold's head."""
+    rows = keys.with_row_index("_row").join(folds.select("filename", "fold"), on="filename").filter(pl.col("fold") != ALWAYS_TRAIN)
+    probs = np.zeros((rows.height, 0), np.float32)
+    for fold, path in heads.items():
+        head = Head.load(path)
+        if probs.shape[1] == 0:
+            probs = np.zeros((rows.height, len(head.classes)), np.float32)
+        mask = (rows["fold"] == fold).to_numpy()
+        probs[mask] = head.predict(x[rows["_row"].to_numpy()[mask]])
+    return rows.drop("_row"), probs
+
+
+def oof_set(
+    windows: Mapping[str, tuple[pl.DataFrame, np.ndarray]], folds: pl.DataFrame, metadata: pl.DataFrame,
+    classes: list[str], secondary_weight: float = 0.5,
+) -> OofSet:
+    """Recording-level out-of-fold set of every member, on the recordings all of them scored."""
+    held_out = folds.filter(pl.col("fold") != ALWAYS_TRAIN).select("filename", "fold")
+    per_member = {}
+    for name, (keys, probs) in windows.items():
+        files, file_probs = pool_files(keys["filename"], probs, "max")
+        per_member[name] = pl.DataFrame({"filename": files, "_probs": list(file_probs)}) if len(files) else None
+    common = held_out
+    for frame in per_member.values():
+        common = common.join(frame.select("filename"), on="filename", how="semi")
+    common = common.sort("filename").join(metadata.select("filename", "primary_label", "secondary_labels"), on="filename", how="left")
+    probs = {}
+    for name, frame in per_member.items():
+        aligned = common.select("filename").join(frame, on="filename", how="left")
+        probs[name] = np.stack(aligned["_probs"].to_list()).astype(np.float32)
+    fold_ids = sorted(common["fold"].unique().to_list())
+    return OofSet(
+        files=common["filename"].to_list(),
+        probs=probs,
+        truth=target_matrix(common["primary_label"].to_list(), common["secondary_labels"].to_list(), classes, secondary_weight),
+        fold=common["fold"].to_numpy(),
+        counts=fold_counts(folds, fold_ids, classes),
+        folds=fold_ids,
+        classes=classes,
+    )
