@@ -21,7 +21,7 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	@mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $@
 
-$(DEMO_DATA)/.complete: $(VENV)/.synced birdpipe/synth.py
+$(DEMO_DATA)/.complete: $(VENV)/.synced birdpipe/data/synth.py
 	$(VENV)/bin/birdpipe synth --out $(DEMO_DATA) --seed 0
 	@touch $@
 
