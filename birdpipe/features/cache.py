@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from birdpipe.data import audio
 from birdpipe.features.mel import stream_log_mel_windows
 from birdpipe.features.config import CacheConfig, MelConfig
-from birdpipe.parallel import imap_unordered
+from birdpipe.parallel import imap_unordered, inject_fault
 from birdpipe.paths import atomic_write
 from birdpipe.schema import version
 
@@ -136,6 +136,7 @@ def _write_table(path: Path, table: pa.Table, cache: CacheConfig) -> None:
 def _compute(job: tuple[str, str, dict]) -> dict[str, Any]:
     """One recording, in a worker: streamed decode -> log-mel windows (float16), or why not."""
     filename, path, mel_dict = job
+    inject_fault(filename)
     mel = MelConfig.from_dict(mel_dict)
     out: dict[str, Any] = {"filename": filename, "damaged": False, "reason": None}
     try:
@@ -150,6 +151,12 @@ def _compute(job: tuple[str, str, dict]) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - one file must never stop the build
         out.update(status="quarantined", reason=f"{type(exc).__name__}: {exc}"[:200])
     return out
+
+
+def _lost(job: tuple[str, str, dict], reason: str) -> dict[str, Any]:
+    """The result of a recording whose decoder killed its worker process or hung: quarantined.
+    No content hash, so touching the file retries it (a timeout may have been the machine's)."""
+    return {"filename": job[0], "status": "quarantined", "reason": reason, "damaged": False, "content_hash": None}
 
 
 # --- shards ---------------------------------------------------------------------------------
@@ -365,7 +372,8 @@ def _compute_all(builder: _Builder, todo: list[str], audio_root: Path, labels: d
     limit = builder.cache.shard_max_mb * 2**20
     pending: list[dict] = []
     size = seconds = 0.0
-    for done, r in enumerate(imap_unordered(_compute, jobs, builder.cache.workers), 1):
+    results = imap_unordered(_compute, jobs, builder.cache.workers, on_failure=_lost, timeout_s=builder.cache.file_timeout_s)
+    for done, r in enumerate(results, 1):
         pending.append(r)
         if r["status"] == "ok":
             size += r["mels"].nbytes
