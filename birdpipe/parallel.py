@@ -290,7 +290,8 @@ def _serve(fn: Callable[[Any], Any], conn: Connection, parent_pid: int) -> None:
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (even by SIGKILL)."""
+    """Ask Linux to SIGKILL this process when its parent dies (even by SIGKILL). Strictly, when
+    the parent's thread that started it ends: the pool lives inside one call, in that thread."""
     if sys.platform.startswith("linux"):
         import ctypes
 

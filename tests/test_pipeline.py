@@ -17,9 +17,9 @@ CONFIG = load_config(Path(__file__).parent / "e2e.toml")
 FOLDS = [str(k) for k in range(CONFIG.folds.n_folds)]
 
 
-def _defs(data_root, tmp_path) -> dg.Definitions:
+def _defs(data_root, tmp_path, config=CONFIG) -> dg.Definitions:
     return build_defs(
-        CONFIG,
+        config,
         {
             "dataset": Dataset(root=str(data_root), work_root=str(tmp_path / "work")),
             "tracking": Tracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
@@ -122,14 +122,7 @@ def test_a_dataset_without_soundscapes_runs_green_and_skips_the_submission(tiny_
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data, ignore=shutil.ignore_patterns("*soundscape*"))
     config = CONFIG.replace(folds=CONFIG.folds.replace(n_folds=2), train=CONFIG.train.replace(epochs=1))
-    defs = build_defs(
-        config,
-        {
-            "dataset": Dataset(root=str(data), work_root=str(tmp_path / "work")),
-            "tracking": Tracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
-            "io_manager": dataset_io_manager,
-        },
-    )
+    defs = _defs(data, tmp_path, config)
     with dg.DagsterInstance.ephemeral() as instance:
         _run(defs, instance, "prepare_job")
         for fold in ("0", "1"):

@@ -17,6 +17,10 @@ each shard, so a killed build loses at most the shard in progress. A rerun skips
 recording whose size and mtime (or, failing that, content hash) are unchanged; a changed
 or new one is recomputed; a removed one is dropped and its shard rewritten without it.
 Partitions write disjoint files, so they run concurrently in separate processes.
+
+Recordings are computed in worker processes (`birdpipe.parallel`): one whose decoder kills
+its worker (twice) or runs past `CacheConfig.file_timeout_s` is quarantined with that reason
+and the build goes on.
 """
 
 from __future__ import annotations
