@@ -15,7 +15,7 @@ from pathlib import Path
 import dagster as dg
 
 from birdpipe.config import PipelineConfig, load_config
-from birdpipe.paths import PROJECT_ROOT, default_data_root
+from birdpipe.paths import PROJECT_ROOT, DatasetLayout, default_data_root
 
 from .definitions import build_defs
 from .features import cache_partitions
@@ -26,12 +26,15 @@ from .training import fold_partitions
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
-def run_job(defs: dg.Definitions, name: str, instance: dg.DagsterInstance, partition_key: str | None = None) -> None:
+def run_job(
+    defs: dg.Definitions, name: str, instance: dg.DagsterInstance, partition_key: str | None = None
+) -> dg.ExecuteInProcessResult:
     label = f"{name}[{partition_key}]" if partition_key else name
     start = time.perf_counter()
     print(f"-> {label} ...", flush=True)
-    defs.resolve_job_def(name).execute_in_process(instance=instance, partition_key=partition_key, run_config=QUIET)
+    result = defs.resolve_job_def(name).execute_in_process(instance=instance, partition_key=partition_key, run_config=QUIET)
     print(f"   {label} done in {time.perf_counter() - start:.0f} s", flush=True)
+    return result
 
 
 def latest(instance: dg.DagsterInstance, key: str, partition: str | None = None) -> dict:
@@ -45,9 +48,21 @@ def _rel(path: str) -> str:
     return os.path.relpath(path, PROJECT_ROOT)
 
 
-def materialize_all(config: PipelineConfig, instance: dg.DagsterInstance) -> None:
-    """Every job in dependency order; each fold and cache shard is its own run, as in the UI."""
+def skipped_submission(evaluation: dg.ExecuteInProcessResult) -> str | None:
+    """Why `evaluate_job` made no submission (a dataset without soundscapes), or None."""
+    for event in evaluation.asset_observations_for_node("submission"):
+        if "skipped" in event.metadata:
+            return event.metadata["skipped"].value
+    return None
+
+
+def materialize_all(config: PipelineConfig, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    """Every job in dependency order; each fold and cache shard is its own run, as in the UI.
+    Returns the evaluation run's result."""
     defs = build_defs(config)
+    root = default_data_root()
+    if config.submission.soundscape_dir is None and DatasetLayout(root).soundscapes() is None:
+        print(f"note: {root} has no soundscape folder: every model is trained and evaluated, the submission is skipped")
     run_job(defs, "prepare_job", instance)
     shards = cache_partitions(config)
     if shards is not None:
@@ -56,12 +71,13 @@ def materialize_all(config: PipelineConfig, instance: dg.DagsterInstance) -> Non
         run_job(defs, "folds_job", instance)
     for fold in fold_partitions(config).get_partition_keys():
         run_job(defs, "train_job", instance, fold)
-    run_job(defs, "evaluate_job", instance)
+    return run_job(defs, "evaluate_job", instance)
 
 
-def report(config: PipelineConfig, instance: dg.DagsterInstance) -> None:
+def report(config: PipelineConfig, instance: dg.DagsterInstance, evaluation: dg.ExecuteInProcessResult) -> None:
     """Scores, MLflow run ids and output paths from the latest materializations."""
     oof, thresholds, sub = (latest(instance, k) for k in ("oof_predictions", "thresholds", "submission"))
+    skipped = skipped_submission(evaluation)
     print(f"\n=== birdpipe: {_rel(str(default_data_root()))} ===")
     alias = config.tracking.model_alias
     for fold in fold_partitions(config).get_partition_keys():
@@ -79,6 +95,15 @@ def report(config: PipelineConfig, instance: dg.DagsterInstance) -> None:
         print("ensemble: BirdNET is not installed, so the SED fold models stand alone (make birdnet adds it)")
     print(f"thresholds: global {thresholds['global_threshold']:.3f}; out-of-fold {thresholds['objective']} "
           f"{thresholds['global_score']:.4f} (global) / {thresholds['per_species_score']:.4f} (per species)")
+    if skipped:
+        print(skipped)
+    else:
+        _report_submission(sub)
+    print(f"outputs: {_rel(str(Path(oof['oof_parquet']).parents[2]))}/   MLflow store: data/mlflow.db")
+    print("browse both: make ui  (Dagster http://127.0.0.1:3000, MLflow http://127.0.0.1:5000)")
+
+
+def _report_submission(sub: dict) -> None:
     print(f"submission ({sub['format']} format, {sub['rows']} rows): {_rel(sub['submission_csv'])}")
     if sub.get("score_commands"):
         print("each format scored on the labelled soundscapes:")
@@ -86,16 +111,14 @@ def report(config: PipelineConfig, instance: dg.DagsterInstance) -> None:
         cmd = [sys.executable, "-m", "birdpipe.cli", "score", "--solution", solution, "--submission", submission, "--metric", metric]
         print(f"$ birdpipe score --solution {_rel(solution)} --submission {_rel(submission)} --metric {metric}", flush=True)
         subprocess.run(cmd, check=True, cwd=PROJECT_ROOT)
-    print(f"outputs: {_rel(str(Path(sub['submission_csv']).parents[2]))}/   MLflow store: data/mlflow.db")
-    print("browse both: make ui  (Dagster http://127.0.0.1:3000, MLflow http://127.0.0.1:5000)")
 
 
 def main() -> int:
     config = load_config()
     instance = dg.DagsterInstance.get()
     start = time.perf_counter()
-    materialize_all(config, instance)
-    report(config, instance)
+    evaluation = materialize_all(config, instance)
+    report(config, instance, evaluation)
     print(f"wall time: {time.perf_counter() - start:.0f} s")
     return 0
 

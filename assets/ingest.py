@@ -75,7 +75,9 @@ def build(cfg: PipelineConfig) -> list:
         context: dg.AssetExecutionContext, dataset: Dataset, train_metadata: pl.DataFrame
     ) -> dg.Output[pl.DataFrame]:
         """Duration, sample rate and channels of every recording, or why it cannot be read."""
-        df = build_manifest(train_metadata, dataset.layout.train_audio, workers=cfg.cache.workers)
+        df = build_manifest(
+            train_metadata, dataset.layout.train_audio, workers=cfg.cache.workers, timeout_s=cfg.cache.file_timeout_s
+        )
         bad = df.filter(~pl.col("readable"))
         if bad.height:
             context.log.warning(f"{bad.height} recording(s) unreadable; they are left out of the cache")

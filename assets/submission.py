@@ -1,5 +1,12 @@
-"""Submission: the fold ensemble on the soundscapes, in every BirdCLEF format."""
+"""Submission: the fold ensemble on the soundscapes, in every BirdCLEF format.
 
+A dataset without a soundscape folder has nothing to submit on: the asset then skips its
+output (`output_required=False`), records why and how to predict on other audio as an
+observation of the asset (and in the log), and its checks are skipped with it; the run stays
+green, and evaluation and the registered model are unaffected.
+"""
+
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -10,7 +17,7 @@ from birdpipe.config import PipelineConfig
 from birdpipe.evaluation.thresholds import Thresholds
 from birdpipe.inference.formats import check_submission, expected_rows, layouts, load_scored_birds, raven_tables
 from birdpipe.inference.soundscapes import expected_windows, find_labels, score_formats, write_all_formats
-from birdpipe.paths import list_audio
+from birdpipe.paths import SOUNDSCAPE_DIRS, list_audio
 
 from .meta import md_table
 from .resources import Dataset, Tracking, lineage_tags
@@ -22,21 +29,26 @@ def build(cfg: PipelineConfig) -> list:
     sub_cfg = cfg.submission
     submission_version = cfg.stage_version("submission")
 
-    @dg.asset(group_name=GROUP, code_version=submission_version, kinds={"onnx", "csv", "mlflow"})
+    @dg.asset(group_name=GROUP, code_version=submission_version, kinds={"onnx", "csv", "mlflow"}, output_required=False)
     def submission(
         context: dg.AssetExecutionContext,
         dataset: Dataset,
         tracking: Tracking,
         trained_model: dict[str, dict],
         thresholds: Thresholds,
-    ) -> dg.Output[dict]:
-        """Fold-ensemble predictions per 5 s window of every soundscape, written in each format."""
+    ) -> Iterator:
+        """Fold-ensemble predictions per 5 s window of every soundscape, written in each format
+        (skipped, with the reason, when the dataset has no soundscape folder)."""
         from birdpipe.inference.ensemble import load_ensemble
         from birdpipe.inference.predict import predict_soundscapes
 
         soundscape_dir = dataset.layout.soundscapes(sub_cfg.soundscape_dir)
         if soundscape_dir is None:
-            raise FileNotFoundError(f"{dataset.root}: no test_soundscapes/, unlabeled_soundscapes/ or train_soundscapes/")
+            trk = tracking.config_for(dataset)
+            reason = skipped_reason(dataset.root, f"models:/{trk.registered_model}@{trk.model_alias}")
+            context.log.warning(reason)
+            yield dg.AssetObservation(asset_key=context.asset_key, metadata={"skipped": reason})
+            return
         files = list_audio(soundscape_dir)
         checkpoints = [Path(trained_model[k]["best_checkpoint"]) for k in sorted(trained_model, key=int)]
         ensemble = load_ensemble(checkpoints, use_onnx=sub_cfg.use_onnx, combine=sub_cfg.ensemble)
@@ -52,7 +64,7 @@ def build(cfg: PipelineConfig) -> list:
         with mlf.stage_run(tracking.config_for(dataset), "submission", lineage_tags(context, dataset)) as run:
             mlf.log_metrics({f"soundscape_{s.metric}": s.value for s in scores})
             mlf.log_artifacts(out)
-        return dg.Output(
+        yield dg.Output(
             {
                 "path": str(paths["submission"]),
                 "files": {fmt: str(p) for fmt, p in paths.items()},
@@ -87,3 +99,13 @@ def build(cfg: PipelineConfig) -> list:
         return check
 
     return [submission, *(schema_check(fmt) for fmt in layouts())]
+
+
+def skipped_reason(root: str | Path, model_uri: str) -> str:
+    """Why there is no submission, and how to make one from the registered fold models."""
+    folders = ", ".join(f"{d}/" for d in SOUNDSCAPE_DIRS)
+    return (
+        f"submission skipped: {root} has no soundscape folder ({folders}) to predict on. Training, evaluation and "
+        f"the registered model are complete; predict on any folder of recordings with "
+        f"`birdpipe predict --model {model_uri} --audio DIR --out submission.csv`"
+    )

@@ -5,7 +5,7 @@ import polars as pl
 
 from birdpipe import tracking as mlf
 from birdpipe.config import PipelineConfig
-from birdpipe.data.folds import assign_folds, fold_summary
+from birdpipe.data.folds import always_train_species, assign_folds, fold_summary
 from birdpipe.features.reader import MelCacheReader
 from birdpipe.schema import version
 
@@ -26,16 +26,29 @@ def build(cfg: PipelineConfig) -> list:
     train_version = cfg.stage_version("trained_model")
 
     @dg.asset(group_name=GROUP, code_version=folds_version, deps=["mel_cache"], kinds={"polars"})
-    def folds(dataset: Dataset, train_metadata: pl.DataFrame) -> dg.Output[pl.DataFrame]:
-        """Stratified folds over the recordings that made it into the cache (quarantined ones did not)."""
+    def folds(context: dg.AssetExecutionContext, dataset: Dataset, train_metadata: pl.DataFrame) -> dg.Output[pl.DataFrame]:
+        """Stratified folds over the recordings that made it into the cache (quarantined ones did not);
+        species rarer than `always_train_below` (default: the number of folds) are in every training set (fold -1)."""
         cached = MelCacheReader(dataset.mel_cache_dir(cfg.mel)).windows.select("filename").unique()
         df = assign_folds(train_metadata.join(cached, on="filename", how="semi"), cfg.folds)
         path = dataset.work.stage("folds", folds_version) / "folds.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
         df.write_parquet(path)
+        always = always_train_species(df)
+        if always.height:
+            context.log.info(
+                f"{always.height} species with fewer than {cfg.folds.always_train_threshold} recordings stay in every "
+                f"training set (no out-of-fold score): {', '.join(always['primary_label'])}"
+            )
         return dg.Output(
             df,
-            metadata={"recordings": df.height, "per_fold": md_table(fold_summary(df)), "folds_parquet": dg.MetadataValue.path(str(path))},
+            metadata={
+                "recordings": df.height,
+                "per_fold": md_table(fold_summary(df)),
+                "always_train_species": always.height,
+                "always_train": md_table(always, limit=max(always.height, 1)),  # every one named
+                "folds_parquet": dg.MetadataValue.path(str(path)),
+            },
             data_version=dg.DataVersion(str(df.hash_rows().sum())),
         )
 

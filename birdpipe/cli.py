@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cache", help="build the mel / noise-reduced spectrogram cache")
     p.add_argument("--data", required=True, help="BirdCLEF-layout dataset root")
     p.add_argument("--out", required=True, help="cache folder (a versioned subfolder is made)")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: config, 0 = all cores); 1 computes in this process, where a crashing decoder ends the run")
     p.add_argument("--limit", type=int, default=None, help="only the first N recordings")
     p.add_argument("--noise-reduce", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--config", default=None, help="TOML config (default: $BIRDPIPE_CONFIG)")

@@ -128,3 +128,24 @@ def test_streaming_a_long_file_keeps_memory_bounded(tmp_path):
     tracemalloc.stop()
     assert windows == seconds // 5
     assert peak < 40 * 2**20, peak
+
+
+def test_a_long_ogg_is_written_in_chunks_and_reads_back(tmp_path):
+    # One libsndfile call with 10 minutes of audio overflows libvorbis's stack (SIGSEGV).
+    seconds = 600
+    t = np.arange(seconds * SR, dtype=np.float32) / SR
+    wave = (0.1 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
+    path = tmp_path / "long.ogg"
+    audio.write(path, wave, SR, format="OGG", subtype="VORBIS")
+    info = sf.info(path)
+    assert (info.format, info.subtype, info.samplerate, info.frames) == ("OGG", "VORBIS", SR, seconds * SR)
+    back = audio.load(path, SR)
+    assert len(back) == seconds * SR
+    assert np.sqrt(np.mean(back[-SR:] ** 2)) == pytest.approx(0.1 / np.sqrt(2), rel=0.05)
+
+
+def test_write_keeps_channels_and_short_signals(tmp_path):
+    stereo = np.random.default_rng(3).uniform(-0.3, 0.3, (SR // 3, 2)).astype(np.float32)
+    audio.write(tmp_path / "s.wav", stereo, SR, subtype="FLOAT")
+    back, sr = sf.read(tmp_path / "s.wav", dtype="float32")
+    assert sr == SR and np.array_equal(back, stereo)

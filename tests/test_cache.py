@@ -222,15 +222,23 @@ def test_process_pool_gives_the_same_cache(data):
     np.testing.assert_array_equal(a.mels(np.arange(14)), b.mels(np.arange(14)))
 
 
+def _write_metadata(root: Path, recs: pl.DataFrame) -> None:
+    literals = pl.Series("secondary_labels", [str(list(x)) for x in recs["secondary_labels"]])
+    recs.with_columns(literals).drop("rating").write_csv(root / "train_metadata.csv")
+
+
+def _config(path: Path, extra: str = "") -> Path:
+    path.write_text("[mel]\nn_mels = 32\nn_fft = 512\nhop_length = 256\n" + extra)  # MEL
+    return path
+
+
 def test_cli_prints_the_summary(tmp_path, capsys):
     from birdpipe.cli import main
 
     root = tmp_path / "ds"
     recs = _dataset(root / "train_audio")
-    literals = pl.Series("secondary_labels", [str(list(x)) for x in recs["secondary_labels"]])
-    recs.with_columns(literals).drop("rating").write_csv(root / "train_metadata.csv")
-    config = tmp_path / "c.toml"
-    config.write_text("[mel]\nn_mels = 32\nn_fft = 512\nhop_length = 256\n")  # MEL
+    _write_metadata(root, recs)
+    config = _config(tmp_path / "c.toml")
     cmd = ["cache", "--data", str(root), "--out", str(tmp_path / "out"), "--config", str(config), "--workers", "1"]
     code = main([*cmd, "--limit", "3"])
     out = capsys.readouterr().out
@@ -238,6 +246,53 @@ def test_cli_prints_the_summary(tmp_path, capsys):
     assert main(cmd) == 0
     out = capsys.readouterr().out
     assert "10 files" in out and "4 quarantined" in out and "quarantined ddd/nan.wav: contains NaN" in out
+
+
+def test_crashing_killed_and_hanging_decoders_are_quarantined_and_the_rest_cached(tmp_path, capsys, monkeypatch):
+    """One recording segfaults its worker, one gets SIGKILLed, one hangs: the run exits 0,
+    names the three with their reasons, and caches every other recording as a run without them."""
+    from birdpipe.cli import main
+    from birdpipe.parallel import FAULTS_ENV
+
+    root = tmp_path / "ds"
+    recs = _dataset(root / "train_audio")
+    faults = {"eee/segv.ogg": "segv", "eee/kill.ogg": "kill", "eee/hang.ogg": "hang"}
+    for i, name in enumerate(faults):
+        _write(root / "train_audio", name, 4.0, seed=10 + i)  # good audio: the fault is the worker's
+    extra = pl.DataFrame({"filename": list(faults), "primary_label": "eee", "secondary_labels": [[]] * 3, "rating": 4.0})
+    _write_metadata(root, pl.concat([recs, extra]))
+    monkeypatch.setenv(FAULTS_ENV, ",".join(f"{f}={kind}" for f, kind in faults.items()))
+    config = _config(tmp_path / "c.toml", "[cache]\nfile_timeout_s = 5.0\nshard_max_mb = 0\n")
+
+    code = main(["cache", "--data", str(root), "--out", str(tmp_path / "out"), "--config", str(config), "--workers", "2"])
+    out = capsys.readouterr().out
+    assert code == 0 and "13 files" in out and "7 quarantined" in out, out
+    assert "quarantined eee/segv.ogg: decoder process died: signal 11 (SIGSEGV)" in out
+    assert "quarantined eee/kill.ogg: decoder process died: signal 9 (SIGKILL)" in out
+    assert "quarantined eee/hang.ogg: decoder timed out after 5 s" in out
+
+    faulty = MelCacheReader(cache.cache_dir_for(tmp_path / "out", MEL))
+    status = dict(faulty.index.select("filename", "status").iter_rows())
+    assert all(status[f] == "quarantined" for f in faults)
+    reference = MelCacheReader(_build((root / "train_audio", recs, tmp_path / "ref")).cache_dir)
+    assert faulty.windows.drop("row").equals(reference.windows.drop("row"))
+    for filename in recs["filename"]:
+        rows = [faulty.windows.filter(pl.col("filename") == filename)["row"], reference.windows.filter(pl.col("filename") == filename)["row"]]
+        assert faulty.mels(rows[0].to_numpy()).tobytes() == reference.mels(rows[1].to_numpy()).tobytes()
+
+
+def test_manifest_marks_a_file_that_kills_its_decoder_unreadable(data, monkeypatch):
+    from birdpipe.data.manifest import build_manifest
+    from birdpipe.parallel import FAULTS_ENV
+
+    root, recs, _ = data
+    monkeypatch.setenv(FAULTS_ENV, "bbb/b1.wav=segv")
+    manifest = build_manifest(recs.head(4), root, workers=2, timeout_s=30)
+    row = {r["filename"]: r for r in manifest.iter_rows(named=True)}
+    assert manifest["filename"].to_list() == recs["filename"].head(4).to_list()
+    assert not row["bbb/b1.wav"]["readable"] and row["bbb/b1.wav"]["exists"] and row["bbb/b1.wav"]["size_bytes"] > 0
+    assert row["bbb/b1.wav"]["reason"] == "decoder process died: signal 11 (SIGSEGV)"
+    assert manifest.filter(pl.col("readable")).height == 3
 
 
 def test_manifest_has_one_row_per_metadata_row_and_never_raises(data):

@@ -17,9 +17,9 @@ CONFIG = load_config(Path(__file__).parent / "e2e.toml")
 FOLDS = [str(k) for k in range(CONFIG.folds.n_folds)]
 
 
-def _defs(data_root, tmp_path) -> dg.Definitions:
+def _defs(data_root, tmp_path, config=CONFIG) -> dg.Definitions:
     return build_defs(
-        CONFIG,
+        config,
         {
             "dataset": Dataset(root=str(data_root), work_root=str(tmp_path / "work")),
             "tracking": Tracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
@@ -113,3 +113,30 @@ def test_dataset_sensor_requests_a_run_only_when_the_data_changes(tiny_dataset, 
     (data / "train_audio" / "new.ogg").write_bytes(next((data / "test_soundscapes").glob("*.ogg")).read_bytes())
     changed = dataset_changed(dg.build_sensor_context(cursor=first.cursor, resources=resources))
     assert len(changed.run_requests) == 1 and changed.cursor != first.cursor
+
+
+@pytest.mark.slow
+def test_a_dataset_without_soundscapes_runs_green_and_skips_the_submission(tiny_dataset, tmp_path, capsys):
+    from assets.demo import report, skipped_submission
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data, ignore=shutil.ignore_patterns("*soundscape*"))
+    config = CONFIG.replace(folds=CONFIG.folds.replace(n_folds=2), train=CONFIG.train.replace(epochs=1))
+    defs = _defs(data, tmp_path, config)
+    with dg.DagsterInstance.ephemeral() as instance:
+        _run(defs, instance, "prepare_job")
+        for fold in ("0", "1"):
+            _run(defs, instance, "train_job", fold)
+        evaluation = _run(defs, instance, "evaluate_job")
+        report(config, instance, evaluation)
+
+    materialized = {e.asset_key.path[-1] for e in evaluation.get_asset_materialization_events()}
+    assert materialized == {"oof_predictions", "thresholds"}
+    assert not [e for e in evaluation.get_asset_check_evaluations() if e.asset_key == dg.AssetKey("submission")]
+    reason = skipped_submission(evaluation)
+    assert reason and "no soundscape folder" in reason
+    assert f"birdpipe predict --model models:/birdpipe-sed-{data.name}@candidate --audio DIR" in reason
+    assert reason in capsys.readouterr().out
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    versions = mlflow.MlflowClient().search_model_versions(f"name = 'birdpipe-sed-{data.name}'")
+    assert len(versions) == 2  # one registered version per fold, as with soundscapes

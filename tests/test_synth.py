@@ -212,3 +212,16 @@ def test_species_labels_unique_and_limited():
     assert len({s.family for s in species}) == len(CALL_FAMILIES)
     with pytest.raises(ValueError, match="n_species"):
         make_species(10_000, np.random.default_rng(0))
+
+
+@pytest.mark.slow
+def test_cli_writes_ten_minute_soundscapes(tmp_path, capsys):
+    """`birdpipe synth --soundscape-seconds 600` used to die in libvorbis (one long write)."""
+    from birdpipe.cli import main
+
+    out = tmp_path / "s"
+    argv = ["synth", "--out", str(out), "--species", "2", "--recordings", "1", "--soundscapes", "1", "--soundscape-seconds", "600"]
+    assert main(argv) == 0
+    assert "120 windows" in capsys.readouterr().out
+    scapes = sorted(out.glob("*soundscapes/*.ogg"))
+    assert len(scapes) == 3 and all(sf.info(p).frames == 600 * 32000 for p in scapes)

@@ -5,6 +5,9 @@ only as a fallback for what libsndfile cannot open. Decoding is streamed in bloc
 2-hour recording never sits in memory at its native rate; resampling is streamed too
 (soxr). A file that breaks mid-stream keeps what was decoded and is flagged `damaged`; a
 file that yields no usable audio raises `AudioError` with the reason, for quarantine.
+
+Writing goes through `write`, one second per libsndfile call: libvorbis overflows its
+stack (SIGSEGV) when one call hands it minutes of audio to encode.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import soxr
 
 #: Native-rate frames per read: amortises calls; small so a damaged file loses little.
 READ_FRAMES = 1 << 16
+#: Seconds of audio per libsndfile write call (libvorbis crashes on one call of ~10 minutes).
+WRITE_SECONDS = 1.0
 
 
 class AudioError(Exception):
@@ -207,6 +212,17 @@ def read_segment(path: str | Path, sr: int, start_s: float, duration_s: float) -
     out = np.zeros(n_out, np.float32)
     out[: min(n_out, len(wave))] = wave[:n_out]
     return out
+
+
+def write(path: str | Path, x: np.ndarray, sample_rate: int, format: str | None = None, subtype: str | None = None) -> None:
+    """Write `x` ([frames] or [frames, channels]) in chunks of `WRITE_SECONDS`; the format
+    follows the suffix unless given (e.g. "OGG", "VORBIS")."""
+    x = np.asarray(x)
+    channels = 1 if x.ndim == 1 else x.shape[1]
+    step = max(1, int(WRITE_SECONDS * sample_rate))
+    with sf.SoundFile(str(path), "w", sample_rate, channels, subtype=subtype, format=format) as f:
+        for start in range(0, len(x), step):
+            f.write(x[start : start + step])
 
 
 def probe(path: str | Path, decode: bool = True) -> AudioInfo:

@@ -15,5 +15,12 @@ class FoldConfig(Section):
     #: Keep recordings sharing this metadata column (e.g. "author") in one fold.
     group_column: str | None = None
     #: Species with fewer recordings are never held out (fold -1): every fold model learns
-    #: them, and they get no out-of-fold prediction. 0 holds every recording out once.
-    always_train_below: NonNegativeInt = 0
+    #: them, and they get no out-of-fold prediction. Unset: `n_folds`, so a species too rare
+    #: to be validated in every fold is trained on in every fold. 0 holds every recording out
+    #: once; species with fewer recordings than folds are then validated in some folds only.
+    always_train_below: NonNegativeInt | None = None
+
+    @property
+    def always_train_threshold(self) -> int:
+        """`always_train_below`, its default resolved."""
+        return self.n_folds if self.always_train_below is None else self.always_train_below

@@ -9,8 +9,8 @@ from typing import Any
 
 import polars as pl
 
-from birdpipe.data.audio import probe
-from birdpipe.parallel import imap_unordered
+from birdpipe.data.audio import AudioInfo, probe
+from birdpipe.parallel import imap_unordered, inject_fault
 
 MANIFEST_SCHEMA = {
     "filename": pl.String,
@@ -28,10 +28,19 @@ MANIFEST_SCHEMA = {
 
 
 def _probe_row(args: tuple[str, str]) -> dict[str, Any]:
+    inject_fault(args[0])
+    return _row(args, probe(Path(args[1])))
+
+
+def _failed_row(args: tuple[str, str], reason: str) -> dict[str, Any]:
+    """The row of a file whose probe killed or hung its worker process."""
+    return _row(args, AudioInfo(args[1], False, reason, 0.0, 0, 0, 0, False))
+
+
+def _row(args: tuple[str, str], info: AudioInfo) -> dict[str, Any]:
     filename, path = args
     p = Path(path)
     stat = p.stat() if p.is_file() else None
-    info = probe(p)
     return {
         "filename": filename,
         "path": path,
@@ -47,9 +56,11 @@ def _probe_row(args: tuple[str, str]) -> dict[str, Any]:
     }
 
 
-def build_manifest(metadata: pl.DataFrame, audio_root: Path, workers: int = 0) -> pl.DataFrame:
-    """One row per metadata row (same order); a bad file gets readable=False and a reason."""
+def build_manifest(metadata: pl.DataFrame, audio_root: Path, workers: int = 0, timeout_s: float | None = None) -> pl.DataFrame:
+    """One row per metadata row (same order); a bad file gets readable=False and a reason,
+    also one whose decoder kills its worker process or runs past `timeout_s`."""
     filenames = metadata["filename"].to_list()
     jobs = [(f, str(Path(audio_root) / f)) for f in filenames]
-    rows = {r["filename"]: r for r in imap_unordered(_probe_row, jobs, workers)}
+    probed = imap_unordered(_probe_row, jobs, workers, on_failure=_failed_row, timeout_s=timeout_s)
+    rows = {r["filename"]: r for r in probed}
     return pl.DataFrame([rows[f] for f in filenames], schema=MANIFEST_SCHEMA)

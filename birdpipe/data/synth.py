@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import scipy.fft
-import soundfile as sf
+
+from birdpipe.data import audio as audio_io
 
 WINDOW_SECONDS = 5
 #: A species counts for a soundscape window when this much of one of its calls lies inside.
@@ -416,7 +417,7 @@ def soundscape(
 
 def write_audio(path: Path, x: np.ndarray, sample_rate: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, x, sample_rate, format="OGG", subtype="VORBIS")
+    audio_io.write(path, x, sample_rate, format="OGG", subtype="VORBIS")
 
 
 def _write_csv(path: Path, columns: tuple[str, ...], rows: list[tuple]) -> None:

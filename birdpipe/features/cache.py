@@ -24,6 +24,10 @@ each shard, so a killed build loses at most the shard in progress. A rerun skips
 recording whose size and mtime (or, failing that, content hash) are unchanged; a changed
 or new one is recomputed; a removed one is dropped and its shard rewritten without it.
 Partitions write disjoint files, so they run concurrently in separate processes.
+
+Recordings are computed in worker processes (`birdpipe.parallel`): one whose decoder kills
+its worker (twice) or runs past `CacheConfig.file_timeout_s` is quarantined with that reason
+and the build goes on.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ import pyarrow.parquet as pq
 from birdpipe.data import audio
 from birdpipe.features.mel import stream_log_mel_windows
 from birdpipe.features.config import CacheConfig, MelConfig
-from birdpipe.parallel import imap_unordered
+from birdpipe.parallel import imap_unordered, inject_fault
 from birdpipe.paths import atomic_write
 from birdpipe.schema import version
 
@@ -189,6 +193,7 @@ def _write_table(path: Path, table: pa.Table, cache: CacheConfig) -> None:
 def _compute(job: tuple[str, str, Featurizer]) -> dict[str, Any]:
     """One recording, in a worker: the featurizer's arrays per window, or why not."""
     filename, path, featurizer = job
+    inject_fault(filename)
     out: dict[str, Any] = {"filename": filename, "damaged": False, "reason": None}
     try:
         out["content_hash"] = content_hash(Path(path))
@@ -199,6 +204,12 @@ def _compute(job: tuple[str, str, Featurizer]) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - one file must never stop the build
         out.update(status="quarantined", reason=f"{type(exc).__name__}: {exc}"[:200])
     return out
+
+
+def _lost(job: tuple[str, str, Featurizer], reason: str) -> dict[str, Any]:
+    """The result of a recording whose decoder killed its worker process or hung: quarantined.
+    No content hash, so touching the file retries it (a timeout may have been the machine's)."""
+    return {"filename": job[0], "status": "quarantined", "reason": reason, "damaged": False, "content_hash": None}
 
 
 # --- shards ---------------------------------------------------------------------------------
@@ -427,7 +438,8 @@ def _compute_all(builder: _Builder, todo: list[str], audio_root: Path, labels: d
     limit = builder.cache.shard_max_mb * 2**20
     pending: list[dict] = []
     size = seconds = 0.0
-    for done, r in enumerate(imap_unordered(_compute, jobs, builder.cache.workers), 1):
+    results = imap_unordered(_compute, jobs, builder.cache.workers, on_failure=_lost, timeout_s=builder.cache.file_timeout_s)
+    for done, r in enumerate(results, 1):
         pending.append(r)
         if r["status"] == "ok":
             size += sum(a.nbytes for a in r["arrays"].values())

@@ -72,8 +72,12 @@ class MelConfig(Section):
 class CacheConfig(Section):
     """How the mel cache is built; none of it changes the cache's content."""
 
-    #: Worker processes; 0 means one per CPU core.
+    #: Worker processes; 0 means one per CPU core. 1 computes in this process: no worker to
+    #: lose, but a decoder that segfaults ends the run and `file_timeout_s` does not apply.
     workers: NonNegativeInt = 0
+    #: Seconds one recording may take in a worker (decode and mels; the manifest's probe
+    #: too) before the worker is killed and the recording quarantined as timed out.
+    file_timeout_s: PositiveFloat = 600.0
     #: Upper bound of one Parquet shard file, in MiB (0: one shard per recording).
     shard_max_mb: NonNegativeInt = 256
     zstd_level: Annotated[int, Field(ge=1, le=22)] = 3
