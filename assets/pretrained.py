@@ -100,11 +100,13 @@ def build(cfg: PipelineConfig, files: BirdnetFiles) -> list:
     @dg.asset(group_name="evaluation", code_version=ensemble_version, deps=[birdnet_embeddings], kinds={"mlflow"})
     def ensemble(
         context: dg.AssetExecutionContext, dataset: Dataset, tracking: Tracking, oof_predictions: str,
-        embedding_heads: dict, folds: pl.DataFrame, train_metadata: pl.DataFrame, taxonomy: pl.DataFrame,
+        embedding_heads: dict, trained_model: dict[str, dict], folds: pl.DataFrame, train_metadata: pl.DataFrame,
+        taxonomy: pl.DataFrame,
     ) -> dg.Output[dict]:  # fmt: skip
-        """Every member's out-of-fold scores side by side, and the blend tuned on them."""
+        """Every member's out-of-fold scores side by side, and the blend tuned on them (registered in MLflow)."""
         from birdpipe.evaluation.blend import Blend, scores, tune
-        from birdpipe.evaluation.members import birdnet_windows, head_oof, oof_set
+        from birdpipe.evaluation.members import birdnet_windows, blended_windows, head_oof, oof_set
+        from birdpipe.inference.blended import save_blend_model
         from birdpipe.evaluation.oof import class_columns
         from birdpipe.features.reader import WindowCacheReader
         from birdpipe.models.birdnet import BirdnetClassifier, load_labels, map_species
@@ -131,17 +133,23 @@ def build(cfg: PipelineConfig, files: BirdnetFiles) -> list:
                              + [{"member": "blend", **scores(oof, oof.blended(blend))}])  # fmt: skip
         out = dataset.work.stage("ensemble", ensemble_version)
         out.mkdir(parents=True, exist_ok=True)
-        blend.to_json(out / "blend.json")
         table.write_csv(out / "members.csv")
+        blended_windows(members, blend, folds, train_metadata, classes).write_parquet(out / "oof_blend.parquet")
+        heads = {kind: {int(f): p[kind] for f, p in embedding_heads["heads"].items()} for kind in cfg.heads.kinds}
+        sed = {int(k): v["best_checkpoint"] for k, v in trained_model.items()}
+        model_dir = save_blend_model(out / "model", blend, files.digest, cfg.birdnet.hop_seconds, species.index, heads, sed)
         tags = lineage_tags(context, dataset) | {"birdpipe.birdnet_sha256": files.digest, "birdpipe.embeddings_digest": reader.digest}
-        with mlf.stage_run(tracking.config_for(dataset), "ensemble", tags) as run:
+        trk = tracking.config_for(dataset, model="blend")
+        with mlf.stage_run(trk, "ensemble", tags) as run:
             mlf.log_params({"blend.weights": blend.weights, "blend.shrink": blend.shrink, "birdnet.unmatched": len(species.unmatched)})
             mlf.log_metrics({f"{r['member']}_{k}": v for r in table.iter_rows(named=True) for k, v in r.items() if k != "member"})
-            mlf.log_artifacts(out)
+            mlf.log_artifact(out / "members.csv", "ensemble")
+            _, version = mlf.log_folder_model(model_dir, "birdpipe.inference.blended:load_blend_model", trk, (trk.model_alias,),
+                                              {k: v for k, v in tags.items() if k.startswith("birdpipe.")})  # fmt: skip
         blend_row = table.filter(pl.col("member") == "blend").row(0, named=True)
         context.log.info("members (recording level, out of fold):\n" + str(table))
         return dg.Output(
-            {"blend": str(out / "blend.json"), "heads": embedding_heads["heads"], "birdnet_sha256": files.digest,
+            {"model_dir": str(model_dir), "oof_parquet": str(out / "oof_blend.parquet"), "birdnet_sha256": files.digest,
              "unmatched": species.unmatched},  # fmt: skip
             metadata={
                 "members": md_table(table),
@@ -152,6 +160,7 @@ def build(cfg: PipelineConfig, files: BirdnetFiles) -> list:
                 "birdnet_species": int(species.matched.sum()),
                 "birdnet_unmatched": dg.MetadataValue.json(species.unmatched),
                 "mlflow_run_id": run.info.run_id,
+                "registered_model": f"models:/{trk.registered_model}/{version}" if version else "",
             },
         )
 

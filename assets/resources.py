@@ -43,19 +43,22 @@ class Tracking(dg.ConfigurableResource):
     tracking_uri: str | None = None
     experiment: str = TrackingConfig().experiment
     registered_model: str = TrackingConfig().registered_model
+    blend_model: str = TrackingConfig().blend_model
     model_alias: str = TrackingConfig().model_alias
 
     @classmethod
     def from_config(cls, cfg: TrackingConfig) -> "Tracking":
         return cls(**cfg.to_dict())
 
-    def config_for(self, dataset: Dataset) -> TrackingConfig:
-        """The store and experiment, with one registered model per dataset: models of other
-        species lists never become versions of one another."""
+    def config_for(self, dataset: Dataset, model: str = "sed") -> TrackingConfig:
+        """The store and experiment, with one registered model per dataset (and kind, "sed" or
+        "blend"): models of other species lists never become versions of one another."""
+        name = self.registered_model if model == "sed" else self.blend_model
         return TrackingConfig(
             tracking_uri=self.tracking_uri,
             experiment=self.experiment,
-            registered_model=f"{self.registered_model}-{Path(dataset.root).resolve().name}",
+            registered_model=f"{name}-{Path(dataset.root).resolve().name}",
+            blend_model=self.blend_model,
             model_alias=self.model_alias,
         )
 

@@ -25,33 +25,40 @@ from .resources import Dataset, Tracking, lineage_tags
 GROUP = "submission"
 
 
-def build(cfg: PipelineConfig) -> list:
+def build(cfg: PipelineConfig, blended: bool = False) -> list:
+    """`blended`: the submission comes from the tuned blend (`ensemble`), not the SED folds alone."""
     sub_cfg = cfg.submission
     submission_version = cfg.stage_version("submission")
 
-    @dg.asset(group_name=GROUP, code_version=submission_version, kinds={"onnx", "csv", "mlflow"}, output_required=False)
+    @dg.asset(group_name=GROUP, code_version=submission_version, kinds={"onnx", "csv", "mlflow"}, output_required=False,
+              ins={"model": dg.AssetIn("ensemble" if blended else "trained_model")})  # fmt: skip
     def submission(
         context: dg.AssetExecutionContext,
         dataset: Dataset,
         tracking: Tracking,
-        trained_model: dict[str, dict],
+        model: dict,
         thresholds: Thresholds,
     ) -> Iterator:
-        """Fold-ensemble predictions per 5 s window of every soundscape, written in each format
-        (skipped, with the reason, when the dataset has no soundscape folder)."""
+        """The model's predictions per 5 s window of every soundscape (the blend of SED folds,
+        BirdNET and heads when BirdNET is installed, else the SED fold ensemble), written in each
+        format (skipped, with the reason, when the dataset has no soundscape folder)."""
+        from birdpipe.inference.blended import load_blend_model
         from birdpipe.inference.ensemble import load_ensemble
         from birdpipe.inference.predict import predict_soundscapes
 
         soundscape_dir = dataset.layout.soundscapes(sub_cfg.soundscape_dir)
         if soundscape_dir is None:
-            trk = tracking.config_for(dataset)
+            trk = tracking.config_for(dataset, model="blend" if blended else "sed")
             reason = skipped_reason(dataset.root, f"models:/{trk.registered_model}@{trk.model_alias}")
             context.log.warning(reason)
             yield dg.AssetObservation(asset_key=context.asset_key, metadata={"skipped": reason})
             return
         files = list_audio(soundscape_dir)
-        checkpoints = [Path(trained_model[k]["best_checkpoint"]) for k in sorted(trained_model, key=int)]
-        ensemble = load_ensemble(checkpoints, use_onnx=sub_cfg.use_onnx, combine=sub_cfg.ensemble)
+        if blended:
+            ensemble = load_blend_model(Path(model["model_dir"]), use_onnx=sub_cfg.use_onnx)
+        else:
+            checkpoints = [Path(model[k]["best_checkpoint"]) for k in sorted(model, key=int)]
+            ensemble = load_ensemble(checkpoints, use_onnx=sub_cfg.use_onnx, combine=sub_cfg.ensemble)
         preds = predict_soundscapes(ensemble, files, ensemble.mel, sub_cfg, progress=False, skip_errors=True)
         out = dataset.work.stage("submission", submission_version)
         scored = load_scored_birds(dataset.layout.root / sub_cfg.scored_birds) if sub_cfg.scored_birds else None

@@ -70,7 +70,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     audio, out = Path(args.audio), Path(args.out)
 
     from birdpipe.evaluation.thresholds import Thresholds
-    from birdpipe.inference.ensemble import load_ensemble
     from birdpipe.inference.formats import load_scored_birds, raven_tables, write_submission
     from birdpipe.inference.predict import predict_soundscapes
     from birdpipe.paths import list_audio
@@ -80,7 +79,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{audio}: no such audio file or folder")
     if not files:
         raise ValueError(f"{audio}: no audio files below it")
-    ensemble = load_ensemble(args.model, use_onnx=not args.no_onnx, combine=sub_cfg.ensemble, tracking=config.tracking)
+    ensemble = _load_model(args.model, not args.no_onnx, sub_cfg.ensemble, config.tracking)
     th = Thresholds.from_json(args.thresholds) if args.thresholds else None
     if th is None and sub_cfg.format in ("2021", "2022"):
         print("no --thresholds given: deciding at 0.5 for every species", file=sys.stderr)
@@ -90,11 +89,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.raven:
         raven_tables(preds, ensemble.classes, th, Path(args.raven), ensemble.mel)
     backend = "torch" if args.no_onnx else "onnxruntime"
-    print(
-        f"{preds['soundscape_id'].n_unique()} files, {preds.height} windows, {len(ensemble.members)} "
-        f"fold model(s) ({backend}) -> {out} (format {sub_cfg.format})"
-    )
+    what = f"blend of {', '.join(ensemble.members)}" if hasattr(ensemble, "blend") else f"{len(ensemble.members)} fold model(s)"
+    print(f"{preds['soundscape_id'].n_unique()} files, {preds.height} windows, {what} ({backend}) -> {out} (format {sub_cfg.format})")
     return 0
+
+
+def _load_model(ref: str, use_onnx: bool, combine: str, tracking):
+    """A blend (a folder with blend.json, or a registered blend model) or a fold ensemble."""
+    from birdpipe.inference.blended import is_blend_model, load_blend_model
+    from birdpipe.inference.ensemble import load_ensemble
+    from birdpipe.paths import default_work_root
+    from birdpipe.tracking import download_blend
+
+    folder = Path(ref) if is_blend_model(Path(ref)) else None
+    if folder is None and ref.startswith("models:/") and "blend" in ref:
+        folder = download_blend(ref, tracking, default_work_root() / "registered-models")
+    if folder is not None:
+        return load_blend_model(folder, use_onnx=use_onnx)
+    return load_ensemble(ref, use_onnx=use_onnx, combine=combine, tracking=tracking)
 
 
 def build_parser() -> argparse.ArgumentParser:

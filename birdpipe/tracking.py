@@ -27,8 +27,10 @@ class TrackingConfig(Section):
     #: Default: $MLFLOW_TRACKING_URI, else sqlite:///<project>/data/mlflow.db.
     tracking_uri: str | None = None
     experiment: str = "birdpipe"
-    #: The Dagster assets register `<registered_model>-<dataset folder name>`.
+    #: The Dagster assets register `<registered_model>-<dataset folder name>` (the SED fold
+    #: models) and `<blend_model>-<dataset folder name>` (the tuned blend, with BirdNET).
     registered_model: str = "birdpipe-sed"
+    blend_model: str = "birdpipe-blend"
     model_alias: str = "candidate"
 
 
@@ -167,13 +169,7 @@ def log_torch_model(
         model, name="model", signature=infer_signature(example, output), input_example=example,
         serialization_format="pickle", pip_requirements=_requirements(),
     )  # fmt: skip
-    if not cfg.registered_model:
-        return info.model_uri, None
-    version = mlflow.register_model(info.model_uri, cfg.registered_model, tags=dict(tags or {})).version
-    client = mlflow.MlflowClient()
-    for alias in aliases:
-        client.set_registered_model_alias(cfg.registered_model, alias, version)
-    return info.model_uri, str(version)
+    return _register(info.model_uri, cfg, aliases, tags)
 
 
 def _requirements() -> list[str]:
@@ -238,3 +234,64 @@ def download_checkpoints(uri: str, cfg: TrackingConfig, dst_root: Path) -> list[
             mlflow.artifacts.download_artifacts(run_id=v.run_id, artifact_path="checkpoint", dst_path=str(dst), tracking_uri=store)
         paths.append(ckpt)
     return paths
+
+
+def log_folder_model(
+    folder: Path, loader: str, cfg: TrackingConfig, aliases: tuple[str, ...] = (), tags: Mapping[str, str] | None = None
+) -> tuple[str, str | None]:
+    """Log a model folder as an MLflow pyfunc model (input: a frame with a `path` column of
+    audio files; output: per-window probabilities), register it and point `aliases` at the new
+    version. `loader` ("module:function") turns the folder into an object with
+    `predict_file(path)`; it is imported by name, so tracking stays below the code it serves.
+    Returns (model_uri, version)."""
+    import importlib
+
+    import mlflow
+
+    class FolderModel(mlflow.pyfunc.PythonModel):
+        def load_context(self, context):
+            module, function = loader.split(":")
+            self.model = getattr(importlib.import_module(module), function)(Path(context.artifacts["folder"]))
+
+        def predict(self, context, model_input, params=None):
+            import polars as pl
+
+            return pl.concat([self.model.predict_file(Path(p)) for p in model_input["path"]]).to_pandas()
+
+    info = mlflow.pyfunc.log_model(name="model", python_model=FolderModel(), artifacts={"folder": str(folder)},
+                                   pip_requirements=_requirements())  # fmt: skip
+    return _register(info.model_uri, cfg, aliases, tags)
+
+
+def _register(model_uri: str, cfg: TrackingConfig, aliases: tuple[str, ...], tags: Mapping[str, str] | None) -> tuple[str, str | None]:
+    import mlflow
+
+    if not cfg.registered_model:
+        return model_uri, None
+    version = mlflow.register_model(model_uri, cfg.registered_model, tags=dict(tags or {})).version
+    client = mlflow.MlflowClient()
+    for alias in aliases:
+        client.set_registered_model_alias(cfg.registered_model, alias, version)
+    return model_uri, str(version)
+
+
+def download_blend(uri: str, cfg: TrackingConfig, dst_root: Path) -> Path | None:
+    """The blend folder of a registered blend model (`models:/name@alias` or `/version`), or None
+    when `uri` names another kind of model."""
+    import mlflow
+
+    m = MODEL_URI.fullmatch(uri)
+    if not m:
+        raise ValueError(f"{uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
+    store = tracking_uri(cfg)
+    client = mlflow.MlflowClient(store)
+    try:
+        v = client.get_model_version(m["name"], m["version"]) if m["version"] else client.get_model_version_by_alias(m["name"], m["alias"])
+    except mlflow.exceptions.MlflowException as exc:
+        raise ValueError(f"{uri}: {exc.message} (tracking store {store})") from None
+    dst = dst_root / f"{m['name']}-v{v.version}-{(v.run_id or 'run')[:8]}"
+    if not any(dst.rglob("blend.json")):
+        dst.mkdir(parents=True, exist_ok=True)
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{m['name']}/{v.version}", dst_path=str(dst), tracking_uri=store)
+    found = sorted(dst.rglob("blend.json"))
+    return found[0].parent if found else None

@@ -18,7 +18,8 @@ def test_a_changed_parameter_unsyncs_that_asset_and_the_stages_after_it():
     thresholds = _versions(build_defs(parse_config({"mel": {"hop_length": 512}, "thresholds": {"shrink_positives": 5}})))
     mel = _versions(build_defs(parse_config({"mel": {"hop_length": 320}})))
     assert sorted(k for k in base if base[k] != thresholds[k]) == ["submission", "thresholds"]
-    assert sorted(k for k in base if base[k] != mel[k]) == ["mel_cache", "oof_predictions", "submission", "thresholds", "trained_model"]
+    blend = ["ensemble"] if "ensemble" in base else []  # with BirdNET installed
+    assert sorted(k for k in base if base[k] != mel[k]) == sorted(["mel_cache", "oof_predictions", "submission", "thresholds", "trained_model", *blend])
 
 
 def test_graph_lineage_matches_the_documented_chain():
@@ -29,7 +30,8 @@ def test_graph_lineage_matches_the_documented_chain():
     assert "mel_cache" in parents["folds"]
     assert {"folds", "mel_cache"} <= set(parents["trained_model"])
     assert "trained_model" in parents["oof_predictions"]
-    assert parents["thresholds"] == ["oof_predictions"]
+    # thresholds calibrate on the blend's out-of-fold windows when BirdNET is installed
+    assert parents["thresholds"] == (["ensemble"] if "ensemble" in parents else ["oof_predictions"])
     assert {"thresholds", "trained_model"} <= set(parents["submission"])
 
 
@@ -46,7 +48,8 @@ def test_sharded_cache_gets_its_own_partitioned_job():
     jobs = {j.name: sorted(k.to_user_string() for k in j.asset_layer.executable_asset_keys)
             for j in repo.get_all_jobs() if not j.name.startswith("__")}  # fmt: skip
     assert repo.assets_defs_by_key[dg.AssetKey("mel_cache")].partitions_def.get_partition_keys() == ["0", "1", "2"]
-    assert jobs["cache_job"] == ["mel_cache"] and jobs["folds_job"] == ["folds"]
+    caches = ["birdnet_embeddings", "mel_cache"] if "birdnet_embeddings" in jobs["cache_job"] else ["mel_cache"]
+    assert jobs["cache_job"] == caches and jobs["folds_job"] == ["folds"]
     assert "mel_cache" not in jobs["prepare_job"]
 
 
@@ -78,3 +81,16 @@ def test_a_bad_config_fails_the_code_location_load_naming_the_key(tmp_path, monk
         importlib.reload(assets.definitions)
     monkeypatch.undo()
     importlib.reload(assets.definitions)
+
+
+def test_birdnet_stages_follow_the_config_and_the_installation():
+    from assets.pretrained import birdnet_files
+
+    keys = lambda cfg: {k.to_user_string() for k in build_defs(cfg).get_repository_def().asset_graph.get_all_asset_keys()}  # noqa: E731
+    off = keys(parse_config({"birdnet": {"enabled": False}}))
+    assert not off & {"birdnet_embeddings", "embedding_heads", "ensemble"}
+    installed = birdnet_files(PipelineConfig()) is not None
+    auto = keys(PipelineConfig())
+    assert ({"birdnet_embeddings", "embedding_heads", "ensemble"} <= auto) == installed
+    with pytest.raises(ValueError, match=r"\[birdnet\] model = '/nowhere/b.tflite': /nowhere/b.tflite: file not found"):
+        parse_config({"birdnet": {"model": "/nowhere/b.tflite"}})

@@ -71,6 +71,25 @@ def test_whole_graph_on_synthetic_data(tiny_dataset, tmp_path):
     assert set(runs["tags.birdpipe.train_version"]) == {parent.data.tags["birdpipe.train_version"]}
     assert parent.data.tags["birdpipe.train_version"] == CONFIG.stage_version("trained_model")
 
+    from assets.pretrained import birdnet_files
+
+    if birdnet_files(CONFIG) is None:
+        return  # the BirdNET members below need `make birdnet`
+    blend = _metadata(evaluation, "ensemble")
+    assert {"sed", "birdnet", "logistic", "mlp", "blend"} <= set(blend["members"].split())
+    assert blend["registered_model"].startswith("models:/birdpipe-blend-")
+    assert _metadata(evaluation, "submission")["models"] >= 1
+    # the registered blend predicts on its own, through the CLI
+    from birdpipe.cli import main
+
+    tracking = tmp_path / "predict.toml"
+    tracking.write_text(f'[tracking]\ntracking_uri = "sqlite:///{tmp_path / "mlflow.db"}"\n')
+    name = blend["registered_model"].split("/")[1]
+    out = tmp_path / "blend.csv"
+    assert main(["predict", "--model", f"models:/{name}@candidate", "--audio", str(tiny_dataset / "test_soundscapes"),
+                 "--out", str(out), "--config", str(tracking)]) == 0  # fmt: skip
+    assert sorted(pl.read_csv(out)["row_id"].to_list()) == sorted(labels["row_id"].to_list())
+
 
 def test_bad_rows_and_files_are_quarantined_and_flagged_not_fatal(tiny_dataset, tmp_path):
     data = tmp_path / "data"

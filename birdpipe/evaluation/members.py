@@ -17,7 +17,7 @@ import polars as pl
 
 from birdpipe.data.folds import ALWAYS_TRAIN
 from birdpipe.data.labels import target_matrix
-from birdpipe.evaluation.blend import OofSet, fold_counts
+from birdpipe.evaluation.blend import Blend, OofSet, fold_counts
 from birdpipe.features.windows import pool_files, pool_windows
 from birdpipe.models.birdnet import BirdnetClassifier, SpeciesMap, scores
 from birdpipe.models.heads import Head
@@ -78,3 +78,29 @@ def oof_set(
         folds=fold_ids,
         classes=classes,
     )
+
+
+def blended_windows(
+    windows: Mapping[str, tuple[pl.DataFrame, np.ndarray]], blend: Blend, folds: pl.DataFrame, metadata: pl.DataFrame,
+    classes: list[str],
+) -> pl.DataFrame:  # fmt: skip
+    """Out-of-fold blended probabilities per window (the windows every member scored), in the
+    layout of `evaluation.oof` frames, so thresholds calibrate on what the submission uses."""
+    held_out = folds.filter(pl.col("fold") != ALWAYS_TRAIN).select("filename", "fold")
+    common = None
+    for keys, _ in windows.values():
+        common = keys if common is None else common.join(keys, on=KEYS, how="semi")
+    common = common.join(held_out, on="filename").sort(KEYS)
+    aligned = {}
+    for name, (keys, probs) in windows.items():
+        rows = common.join(keys.with_row_index("_r"), on=KEYS, how="left")["_r"].to_numpy()
+        aligned[name] = probs[rows]
+    fold_ids = sorted(common["fold"].unique().to_list())
+    counts = fold_counts(folds, fold_ids, classes)
+    out = np.zeros((common.height, len(classes)), np.float32)
+    fold = common["fold"].to_numpy()
+    for k, f in enumerate(fold_ids):
+        mask = fold == f
+        out[mask] = blend.apply({m: p[mask] for m, p in aligned.items()}, counts[k])
+    labels = common.join(metadata.select("filename", "primary_label", "secondary_labels"), on="filename", how="left")
+    return labels.hstack(pl.DataFrame(out, schema=classes))

@@ -77,7 +77,9 @@ def predict_soundscapes(
     windows = 0
     for path in bar:
         try:
-            part = predict_file(ensemble, Path(path), mel_cfg, sub_cfg)
+            # a blend (`inference.blended`) predicts its windows itself, from several members
+            blended = getattr(ensemble, "predict_file", None)
+            part = blended(Path(path), sub_cfg.batch_size) if blended else predict_file(ensemble, Path(path), mel_cfg, sub_cfg)
         except AudioError as exc:
             if not skip_errors:
                 raise
