@@ -6,7 +6,7 @@ import polars as pl
 from birdpipe.config import PipelineConfig
 from birdpipe.features.cache import build_mel_cache
 
-from .meta import md_table
+from .meta import cache_metadata
 from .resources import Dataset
 
 
@@ -41,19 +41,7 @@ def build(cfg: PipelineConfig) -> list:
         )
         return dg.Output(
             str(report.cache_dir),
-            metadata={
-                "cache_dir": dg.MetadataValue.path(str(report.cache_dir)),
-                "recordings": report.files,
-                "windows": report.windows,
-                "audio_hours": round(report.audio_seconds / 3600, 3),
-                "recomputed": report.recomputed,
-                "reused": report.reused,
-                "removed": report.removed,
-                "quarantined": report.quarantined.height,
-                "quarantine": md_table(report.quarantined.select("filename", "reason")),
-                "audio_seconds_per_second": round(report.throughput, 1),
-                "digest": report.digest,
-            },
+            metadata={**cache_metadata(report), "audio_hours": round(report.audio_seconds / 3600, 3)},
             data_version=dg.DataVersion(report.digest),
         )
 

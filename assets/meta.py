@@ -18,6 +18,22 @@ def md_table(df: pl.DataFrame, limit: int = 20) -> dg.MetadataValue:
     return dg.MetadataValue.md("\n".join(lines))
 
 
+def cache_metadata(report) -> dict[str, dg.MetadataValue | int | float | str]:
+    """What every window cache (mels, BirdNET embeddings) reports on its asset."""
+    return {
+        "cache_dir": dg.MetadataValue.path(str(report.cache_dir)),
+        "recordings": report.files,
+        "windows": report.windows,
+        "recomputed": report.recomputed,
+        "reused": report.reused,
+        "removed": report.removed,
+        "quarantined": report.quarantined.height,
+        "quarantine": md_table(report.quarantined.select("filename", "reason")),
+        "audio_seconds_per_second": round(report.throughput, 1),
+        "digest": report.digest,
+    }
+
+
 def png(path: Path) -> dg.MetadataValue:
     """An inline plot: the PNG as Markdown with a data URI, so the UI shows it without a server."""
     import base64

@@ -10,7 +10,7 @@ from birdpipe import tracking as mlf
 from birdpipe.config import PipelineConfig
 from birdpipe.models.birdnet import BirdnetFeatures, BirdnetFiles, find_birdnet, onnx_model
 
-from .meta import md_table
+from .meta import cache_metadata, md_table
 from .resources import Dataset, Tracking, lineage_tags
 from .training import fold_partitions
 
@@ -56,18 +56,7 @@ def build(cfg: PipelineConfig, files: BirdnetFiles) -> list:
         )  # fmt: skip
         return dg.Output(
             str(report.cache_dir),
-            metadata={
-                "cache_dir": dg.MetadataValue.path(str(report.cache_dir)),
-                "birdnet_weights_sha256": files.digest,
-                "recordings": report.files,
-                "chunks": report.windows,
-                "recomputed": report.recomputed,
-                "reused": report.reused,
-                "quarantined": report.quarantined.height,
-                "quarantine": md_table(report.quarantined.select("filename", "reason")),
-                "audio_seconds_per_second": round(report.throughput, 1),
-                "digest": report.digest,
-            },
+            metadata={**cache_metadata(report), "birdnet_weights_sha256": files.digest},
             data_version=dg.DataVersion(report.digest),
         )
 

@@ -33,7 +33,7 @@ def birdnet_windows(
     logits = np.full((len(embeddings), len(species.classes)), np.nan, np.float32)
     logits[:, species.matched] = classifier.logits(embeddings, species.index[species.matched])
     keys, mean_embedding = pool_windows(filenames, starts, embeddings, window_seconds, "mean")
-    _, zero_shot = pool_windows(filenames, starts, scores(logits) + 0 * logits, window_seconds, "max")
+    _, zero_shot = pool_windows(filenames, starts, scores(logits), window_seconds, "max")
     return keys, mean_embedding, zero_shot
 
 

@@ -27,7 +27,7 @@ import polars as pl
 from birdpipe.data.audio import iter_blocks
 from birdpipe.evaluation.blend import Blend
 from birdpipe.features.config import MelConfig
-from birdpipe.features.windows import pool_windows
+from birdpipe.evaluation.members import birdnet_windows
 from birdpipe.inference.ensemble import Ensemble, load_ensemble
 from birdpipe.inference.predict import predict_file
 from birdpipe.models import birdnet as bn
@@ -90,12 +90,8 @@ class BlendedModel:
             embeddings.append(self.birdnet.run(chunks)[0])
             starts.append(first / bn.SAMPLE_RATE)
         emb, starts = np.concatenate(embeddings), np.concatenate(starts)
-        logits = np.full((len(emb), len(self.classes)), np.nan, np.float32)
-        matched = self.birdnet_index >= 0
-        logits[:, matched] = self.classifier.logits(emb, self.birdnet_index[matched])
-        names = [path.name] * len(emb)
-        keys, mean_emb = pool_windows(names, starts, emb, 5.0, "mean")
-        _, zero_shot = pool_windows(names, starts, bn.scores(logits) + 0 * logits, 5.0, "max")
+        species = bn.SpeciesMap(self.classes, self.birdnet_index, {})
+        keys, mean_emb, zero_shot = birdnet_windows([path.name] * len(emb), starts, emb, 5.0, self.classifier, species)
         return keys, zero_shot, mean_emb
 
 
