@@ -32,6 +32,14 @@ class Dataset(dg.ConfigurableResource):
         """The BirdNET embeddings cache of a featurizer version (every shard partition writes into it)."""
         return self.work.root / "birdnet_embeddings" / f"birdnet-{version}"
 
+    def birdnet_scores(self, version: str) -> Path:
+        """BirdNET's zero-shot scores per 5 s window: an ensemble member and the distillation teacher."""
+        return self.work.stage("birdnet_scores", version) / "scores.parquet"
+
+    def soundscape_birdnet_dir(self, version: str) -> Path:
+        """The BirdNET embeddings cache of the unlabeled soundscapes (pseudo-labelling's input)."""
+        return self.work.root / "soundscape_embeddings" / f"birdnet-{version}"
+
     def mel_cache_dir(self, mel: MelConfig) -> Path:
         """The cache folder of these mel parameters (every shard partition writes into it)."""
         return cache_dir_for(self.work.root / "mel_cache", mel)

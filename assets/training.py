@@ -19,7 +19,8 @@ def fold_partitions(cfg: PipelineConfig) -> dg.StaticPartitionsDefinition:
     return dg.StaticPartitionsDefinition([str(k) for k in range(cfg.folds.n_folds)])
 
 
-def build(cfg: PipelineConfig) -> list:
+def build(cfg: PipelineConfig, teacher_scores: str | None = None) -> list:
+    """`teacher_scores`: the `birdnet_scores` version the SED distils from (`[train.distill]`)."""
     folds_version = cfg.stage_version("folds")
     #: Training folders are keyed by everything that defines a fold model's inputs, so a
     #: resumed run never continues a checkpoint trained on other features or splits.
@@ -57,7 +58,7 @@ def build(cfg: PipelineConfig) -> list:
         code_version=train_version,
         partitions_def=fold_partitions(cfg),
         pool="gpu",
-        deps=["mel_cache"],
+        deps=["mel_cache"] + (["birdnet_scores"] if teacher_scores else []),
         kinds={"pytorch", "mlflow"},
     )
     def trained_model(
@@ -78,7 +79,8 @@ def build(cfg: PipelineConfig) -> list:
         # One parent per training of all folds: the backfill when there is one, else the inputs.
         parent_key = context.run.tags.get("dagster/backfill") or version(train_version, cache.digest, frame_digest(folds))
         parent = mlf.parent_run(trk, parent_key, "trained_model", {"birdpipe.train_version": train_version})
-        data = FoldData(cache, folds, train_metadata, taxonomy["primary_label"].to_list(), dataset.layout.train_audio)
+        teacher = pl.read_parquet(dataset.birdnet_scores(teacher_scores)) if teacher_scores else None
+        data = FoldData(cache, folds, train_metadata, taxonomy["primary_label"].to_list(), dataset.layout.train_audio, teacher)
         result = train_fold(
             data, fold, cfg.train, dataset.work.stage("trained_model", train_version) / f"fold-{fold}",
             FoldTracking(trk, tags, parent), log=context.log.info,

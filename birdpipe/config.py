@@ -32,7 +32,7 @@ from birdpipe.inference.config import SubmissionConfig
 from birdpipe.models.config import BirdnetConfig, ModelConfig
 from birdpipe.schema import Section, version
 from birdpipe.tracking import TrackingConfig
-from birdpipe.training.config import AugmentConfig, HeadConfig, TrainConfig
+from birdpipe.training.config import AugmentConfig, HeadConfig, PseudoLabelConfig, TrainConfig
 
 __all__ = [
     "BirdnetConfig", "CacheConfig", "ConfigError", "FoldConfig", "MelConfig", "ModelConfig", "AugmentConfig", "PipelineConfig",
@@ -56,6 +56,9 @@ REVISIONS = {
     "birdnet_embeddings": 1,
     "embedding_heads": 1,
     "ensemble": 1,
+    "birdnet_scores": 1,
+    "soundscape_embeddings": 1,
+    "pseudo_labels": 1,
 }
 
 
@@ -70,6 +73,7 @@ class PipelineConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     birdnet: BirdnetConfig = Field(default_factory=BirdnetConfig)
     heads: HeadConfig = Field(default_factory=HeadConfig)
+    pseudo: PseudoLabelConfig = Field(default_factory=PseudoLabelConfig)
     blend: BlendConfig = Field(default_factory=BlendConfig)
     thresholds: ThresholdConfig = Field(default_factory=ThresholdConfig)
     submission: SubmissionConfig = Field(default_factory=SubmissionConfig)
@@ -81,8 +85,17 @@ class PipelineConfig(Section):
             return cache_version(self.mel)
         sections = _STAGE_INPUTS[stage]
         return version(stage, REVISIONS[stage], *(getattr(self, s) for s in sections), *(
-            self.stage_version(up) for up in _STAGE_UPSTREAM.get(stage, ())
+            self.stage_version(up) for up in self.upstream(stage)
         ))  # fmt: skip
+
+    def upstream(self, stage: str) -> tuple[str, ...]:
+        """The stages whose versions `stage`'s own follows, with those the config switches on."""
+        up = _STAGE_UPSTREAM.get(stage, ())
+        if stage == "trained_model" and self.train.distill.teacher:
+            up += ("birdnet_scores",)
+        if stage == "ensemble" and self.pseudo.rounds:
+            up += ("pseudo_labels",)
+        return up
 
 
 #: Sections each stage reads itself...
@@ -98,6 +111,9 @@ _STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "birdnet_embeddings": ("birdnet",),
     "embedding_heads": ("birdnet", "heads"),
     "ensemble": ("blend", "birdnet"),
+    "birdnet_scores": ("birdnet",),
+    "soundscape_embeddings": ("birdnet",),
+    "pseudo_labels": ("pseudo", "heads", "blend"),
 }
 #: ...and the stages whose versions its own folder must follow (a model trained on other
 #: features or splits must not resume or be scored as this one).
@@ -107,7 +123,9 @@ _STAGE_UPSTREAM: dict[str, tuple[str, ...]] = {
     "thresholds": ("oof_predictions",),
     "submission": ("thresholds", "ensemble"),
     "embedding_heads": ("folds", "birdnet_embeddings"),
-    "ensemble": ("oof_predictions", "embedding_heads"),
+    "ensemble": ("oof_predictions", "embedding_heads", "birdnet_scores"),
+    "birdnet_scores": ("birdnet_embeddings",),
+    "pseudo_labels": ("embedding_heads", "birdnet_scores", "soundscape_embeddings"),
 }
 
 

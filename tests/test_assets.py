@@ -94,3 +94,21 @@ def test_birdnet_stages_follow_the_config_and_the_installation():
     assert ({"birdnet_embeddings", "embedding_heads", "ensemble"} <= auto) == installed
     with pytest.raises(ValueError, match=r"\[birdnet\] model = '/nowhere/b.tflite': /nowhere/b.tflite: file not found"):
         parse_config({"birdnet": {"model": "/nowhere/b.tflite"}})
+
+
+def test_distillation_puts_birdnet_scores_before_training_or_fails_without_birdnet():
+    from assets.pretrained import birdnet_files
+    from birdpipe.config import ConfigError
+
+    distil = parse_config({"train": {"distill": {"teacher": "birdnet"}}})
+    if birdnet_files(PipelineConfig()) is None:
+        with pytest.raises(ConfigError, match=r"\[train.distill\] teacher = 'birdnet' needs BirdNET, which is not installed"):
+            build_defs(distil)
+        return
+    defs = build_defs(distil)
+    graph = defs.get_repository_def().asset_graph
+    assert dg.AssetKey("birdnet_scores") in graph.get(dg.AssetKey("trained_model")).parent_keys
+    assert "birdnet_scores" in [k.to_user_string() for k in defs.resolve_job_def("prepare_job").asset_layer.selected_asset_keys]
+    assert _versions(defs)["trained_model"] != _versions(build_defs(PipelineConfig()))["trained_model"]
+    with pytest.raises(ConfigError, match=r"switched off"):
+        build_defs(distil.replace(birdnet=distil.birdnet.replace(enabled=False)))

@@ -79,6 +79,13 @@ def test_whole_graph_on_synthetic_data(tiny_dataset, tmp_path):
     assert {"sed", "birdnet", "logistic", "mlp", "blend"} <= set(blend["members"].split())
     assert blend["registered_model"].startswith("models:/birdpipe-blend-")
     assert _metadata(evaluation, "submission")["models"] >= 1
+    scores = _metadata(evaluation, "birdnet_scores")
+    assert pl.read_parquet(scores["scores_parquet"]).columns[:2] == ["filename", "window_index"]
+    # noisy-student rounds on the unlabeled soundscape, each an MLflow run; the best round's heads feed the blend
+    pseudo = _metadata(evaluation, "pseudo_labels")
+    assert pseudo["soundscape_windows"] > 0 and "file_auc_fold_mean" in pseudo["rounds"]
+    rounds = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`dagster.asset_key` = 'pseudo_labels'")
+    assert sorted(rounds["tags.birdpipe.round"]) == ["0", "1"]
     # the registered blend predicts on its own, through the CLI
     from birdpipe.cli import main
 

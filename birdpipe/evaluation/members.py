@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import polars as pl
 from birdpipe.data.folds import ALWAYS_TRAIN
 from birdpipe.data.labels import target_matrix
 from birdpipe.evaluation.blend import Blend, OofSet, fold_counts
+from birdpipe.features.reader import WindowCacheReader
 from birdpipe.features.windows import pool_files, pool_windows
 from birdpipe.models.birdnet import BirdnetClassifier, SpeciesMap, scores
 from birdpipe.models.heads import Head
@@ -25,16 +27,39 @@ from birdpipe.models.heads import Head
 KEYS = ["filename", "window_index"]
 
 
+@dataclass(frozen=True)
+class BirdnetWindows:
+    """BirdNET per 5 s window: keys (`filename, window_index`), the mean embedding of the
+    window's chunks (what heads read) and zero-shot probabilities, max over them (NaN for
+    species BirdNET does not know)."""
+
+    keys: pl.DataFrame
+    embedding: np.ndarray
+    zero_shot: np.ndarray
+
+    def zero_shot_frame(self, classes: list[str]) -> pl.DataFrame:
+        return self.keys.hstack(pl.DataFrame(self.zero_shot, schema=classes))
+
+
 def birdnet_windows(
     filenames: list[str], starts: np.ndarray, embeddings: np.ndarray, window_seconds: float,
     classifier: BirdnetClassifier, species: SpeciesMap,
-) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
-    """(keys, mean embedding per window, zero-shot probabilities per window) from BirdNET chunks."""
+) -> BirdnetWindows:
+    """BirdNET chunks (3 s, one embedding each) pooled into the pipeline's windows."""
     logits = np.full((len(embeddings), len(species.classes)), np.nan, np.float32)
     logits[:, species.matched] = classifier.logits(embeddings, species.index[species.matched])
     keys, mean_embedding = pool_windows(filenames, starts, embeddings, window_seconds, "mean")
     _, zero_shot = pool_windows(filenames, starts, scores(logits), window_seconds, "max")
-    return keys, mean_embedding, zero_shot
+    return BirdnetWindows(keys, mean_embedding, zero_shot)
+
+
+def cached_birdnet_windows(
+    reader: WindowCacheReader, window_seconds: float, classifier: BirdnetClassifier, species: SpeciesMap
+) -> BirdnetWindows:
+    """`birdnet_windows` of every recording in a BirdNET embeddings cache."""
+    windows = reader.windows
+    emb = reader.array(windows["row"].to_numpy(), "embedding")
+    return birdnet_windows(windows["filename"].to_list(), windows["start_seconds"].to_numpy(), emb, window_seconds, classifier, species)
 
 
 def head_oof(keys: pl.DataFrame, x: np.ndarray, folds: pl.DataFrame, heads: Mapping[int, Path]) -> tuple[pl.DataFrame, np.ndarray]:

@@ -91,8 +91,8 @@ class BlendedModel:
             starts.append(first / bn.SAMPLE_RATE)
         emb, starts = np.concatenate(embeddings), np.concatenate(starts)
         species = bn.SpeciesMap(self.classes, self.birdnet_index, {})
-        keys, mean_emb, zero_shot = birdnet_windows([path.name] * len(emb), starts, emb, 5.0, self.classifier, species)
-        return keys, zero_shot, mean_emb
+        w = birdnet_windows([path.name] * len(emb), starts, emb, 5.0, self.classifier, species)
+        return w.keys, w.zero_shot, w.embedding
 
 
 def _fit(values: np.ndarray, n: int) -> np.ndarray:

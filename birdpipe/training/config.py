@@ -56,9 +56,21 @@ class AugmentConfig(Section):
         return self.p("background") > 0 or (self.p("time_extend") > 0 and self.extend_fill == "background")
 
 
+class DistillConfig(Section):
+    """Knowledge distillation: a pretrained teacher's scores mixed into the SED's training targets."""
+
+    #: "birdnet": BirdNET V2.4 zero-shot, max over the window's chunks (`birdnet_scores`);
+    #: None: the labels alone.
+    teacher: Literal["birdnet"] | None = None
+    #: target = (1 - weight) * label + weight * teacher, on the species the teacher scores
+    #: (the others keep their label). Validation always scores against the labels.
+    weight: Probability = 0.5
+
+
 class TrainConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
     #: A name in `training.losses.LOSSES`: bce, weighted_bce, focal, soft_auc.
     loss: LOSSES.choice() = "bce"
     focal_gamma: NonNegativeFloat = 2.0
@@ -114,3 +126,20 @@ class HeadConfig(Section):
     #: Mixup of window embeddings (probability per batch sample; targets: max of both).
     mixup: Probability = 0.5
     seed: NonNegativeInt = 42
+
+
+class PseudoLabelConfig(Section):
+    """Noisy-student rounds on unlabeled soundscapes (`training.pseudo`): the blend of BirdNET
+    zero-shot and the embedding heads labels their windows, and the heads retrain on them."""
+
+    #: Label-and-retrain rounds; 0 turns pseudo-labelling off.
+    rounds: NonNegativeInt = 1
+    #: Folders below the dataset root whose recordings are labelled (those present are used;
+    #: a `train_soundscapes` folder with labels of its own is validation data and is skipped).
+    dirs: tuple[str, ...] = ("unlabeled_soundscapes", "train_soundscapes")
+    #: A window joins training when the teacher's top score reaches this.
+    min_confidence: Probability = 0.5
+    #: Targets: the teacher's probabilities raised to this power (> 1 sharpens).
+    power: PositiveFloat = 1.0
+    #: Sample weight of a pseudo-labelled window (a labelled one weighs 1).
+    weight: Probability = 0.5

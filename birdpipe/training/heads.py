@@ -19,8 +19,9 @@ from birdpipe.models.heads import Head
 from birdpipe.training.config import HeadConfig
 
 
-def fit_head(kind: str, x: np.ndarray, y: np.ndarray, classes: list[str], cfg: HeadConfig) -> Head:
-    """A `kind` head ("logistic" or "mlp") fitted on embeddings `x [n, d]` and targets `y [n, C]`."""
+def fit_head(kind: str, x: np.ndarray, y: np.ndarray, classes: list[str], cfg: HeadConfig, w: np.ndarray | None = None) -> Head:
+    """A `kind` head ("logistic" or "mlp") fitted on embeddings `x [n, d]`, targets `y [n, C]`
+    and sample weights `w [n]` (default 1)."""
     import torch
     from torch import nn
 
@@ -35,23 +36,25 @@ def fit_head(kind: str, x: np.ndarray, y: np.ndarray, classes: list[str], cfg: H
     mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
     xt = torch.from_numpy(((x - mean) / std).astype(np.float32))
     yt = torch.from_numpy(y.astype(np.float32))
+    wt = torch.from_numpy(np.ones(len(x), np.float32) if w is None else np.asarray(w, np.float32))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
-    loss_fn = nn.BCEWithLogitsLoss()
     for _ in range(cfg.epochs):
         model.train()
         order = rng.permutation(len(xt))
         for i in range(0, len(order), cfg.batch_size):
             idx = torch.from_numpy(order[i : i + cfg.batch_size])
-            xb, yb = xt[idx], yt[idx]
+            xb, yb, wb = xt[idx], yt[idx], wt[idx]
             if cfg.mixup > 0:
                 mixed = torch.from_numpy(rng.random(len(idx)) < cfg.mixup)
                 perm = torch.from_numpy(rng.permutation(len(idx)))
                 lam = torch.from_numpy(rng.beta(0.5, 0.5, len(idx)).astype(np.float32))[:, None]
                 xb = torch.where(mixed[:, None], lam * xb + (1 - lam) * xb[perm], xb)
                 yb = torch.where(mixed[:, None], torch.maximum(yb, yb[perm]), yb)
+                wb = torch.where(mixed, torch.maximum(wb, wb[perm]), wb)
             opt.zero_grad(set_to_none=True)
-            loss_fn(model(xb), yb).backward()
+            per_sample = nn.functional.binary_cross_entropy_with_logits(model(xb), yb, reduction="none").mean(dim=1)
+            ((per_sample * wb).sum() / wb.sum().clamp_min(1e-12)).backward()
             opt.step()
         sched.step()
     dense = [m for m in model if isinstance(m, nn.Linear)]
@@ -64,9 +67,10 @@ def fit_head(kind: str, x: np.ndarray, y: np.ndarray, classes: list[str], cfg: H
 
 def train_fold_heads(
     x: np.ndarray, keys: pl.DataFrame, folds: pl.DataFrame, metadata: pl.DataFrame, classes: list[str],
-    fold: int, cfg: HeadConfig, out_dir: Path,
+    fold: int, cfg: HeadConfig, out_dir: Path, extra: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Path]:
-    """Every configured head of one fold, trained on the windows of the other folds' recordings.
+    """Every configured head of one fold, trained on the windows of the other folds' recordings
+    plus `extra` (x, targets, sample weights; e.g. pseudo-labelled soundscape windows).
 
     `keys` (filename per row of `x`) ties windows to recordings; recordings in no fold
     (quarantined) are left out. Returns {kind: saved head}.
@@ -74,5 +78,7 @@ def train_fold_heads(
     rows = keys.with_row_index("_row").join(folds.select("filename", "fold"), on="filename").filter(pl.col("fold") != fold)
     rows = rows.join(metadata.select("filename", "primary_label", "secondary_labels"), on="filename", how="left")
     y = target_matrix(rows["primary_label"].to_list(), rows["secondary_labels"].to_list(), classes, cfg.secondary_weight)
-    xs = x[rows["_row"].to_numpy()]
-    return {kind: fit_head(kind, xs, y, classes, cfg).save(out_dir / f"fold-{fold}" / f"{kind}.npz") for kind in cfg.kinds}
+    xs, w = x[rows["_row"].to_numpy()], np.ones(len(y), np.float32)
+    if extra is not None:
+        xs, y, w = np.concatenate([xs, extra[0]]), np.concatenate([y, extra[1]]), np.concatenate([w, extra[2]])
+    return {kind: fit_head(kind, xs, y, classes, cfg, w).save(out_dir / f"fold-{fold}" / f"{kind}.npz") for kind in cfg.kinds}

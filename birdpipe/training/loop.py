@@ -49,6 +49,7 @@ from birdpipe.training.samples import (
     epoch_crops,
     fold_windows,
     make_loader,
+    teacher_rows,
 )
 
 #: Background audio, in order of preference, below the dataset root (never the test set).
@@ -65,6 +66,12 @@ class FoldData:
     classes: list[str]
     #: The dataset's `train_audio`; needed only with waveform augmentations.
     audio_root: Path | None = None
+    #: The distillation teacher's scores per 5 s window (`filename, window_index, <class>...`).
+    teacher: pl.DataFrame | None = None
+
+    @property
+    def teacher_digest(self) -> str | None:
+        return frame_digest(self.teacher) if self.teacher is not None else None
 
 
 @dataclass(frozen=True)
@@ -238,7 +245,13 @@ def setup_fold(data: FoldData, fold: int, cfg: TrainConfig, out_dir: Path, log: 
     train_w, val_w = fold_windows(cache.windows, data.folds, data.metadata, fold)
     if train_w.is_empty() or val_w.is_empty():
         raise ValueError(f"fold {fold}: {train_w.height} training and {val_w.height} validation windows; need both")
-    targets = Targets.build(train_w, cache.windows.height, classes, cfg.secondary_weight, cfg.label_smoothing, cfg.rating_weights)
+    teacher = None
+    if cfg.distill.teacher:
+        if data.teacher is None:
+            raise ValueError(f"[train.distill] teacher = {cfg.distill.teacher!r}, but no teacher scores were given")
+        teacher = teacher_rows(cache.windows, data.teacher, classes, cache.mel_config.window_seconds)
+    targets = Targets.build(train_w, cache.windows.height, classes, cfg.secondary_weight, cfg.label_smoothing,
+                            cfg.rating_weights, teacher, cfg.distill.weight)  # fmt: skip
 
     device = select_device(cfg.device)
     seed_everything(cfg.seed)
@@ -260,7 +273,8 @@ def setup_fold(data: FoldData, fold: int, cfg: TrainConfig, out_dir: Path, log: 
         scheduler=scheduler, scaler=scaler, loss_fn=loss_fn, amp_dtype=amp_dtype, train_windows=train_w,
         val_windows=val_w, targets=targets,
         val_truth=target_matrix(val_w["primary_label"].to_list(), [[]] * val_w.height, classes),
-        fingerprint=version(cfg, classes, fold, cache.digest, frame_digest(data.folds.select("filename", "fold"))),
+        fingerprint=version(cfg, classes, fold, cache.digest, frame_digest(data.folds.select("filename", "fold")),
+                            *([data.teacher_digest] if teacher is not None else [])),
         wave=_wave_source(cfg, train_w, cache.mel_config.sample_rate, data.audio_root) if cfg.augment.uses_waveform else None,
         state=_State(), log=log,
     )  # fmt: skip
@@ -429,7 +443,10 @@ def _result(run: FoldRun, curve: Path | None = None) -> FoldResult:
 
 
 def _run_tags(run: FoldRun, tracking: FoldTracking) -> dict[str, str]:
-    return {**tracking.tags, "birdpipe.fold": str(run.fold), "birdpipe.mel_cache_digest": str(run.data.cache.digest)}
+    tags = {**tracking.tags, "birdpipe.fold": str(run.fold), "birdpipe.mel_cache_digest": str(run.data.cache.digest)}
+    if run.cfg.distill.teacher:
+        tags |= {"birdpipe.teacher": run.cfg.distill.teacher, "birdpipe.teacher_digest": str(run.data.teacher_digest)}
+    return tags
 
 
 def _log_run_inputs(run: FoldRun) -> None:

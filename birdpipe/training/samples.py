@@ -99,17 +99,37 @@ class Targets:
 
     @classmethod
     def build(
-        cls, windows: pl.DataFrame, n_rows: int, classes: Sequence[str], secondary_weight: float, smoothing: float, use_rating: bool
-    ) -> "Targets":
+        cls, windows: pl.DataFrame, n_rows: int, classes: Sequence[str], secondary_weight: float, smoothing: float,
+        use_rating: bool, teacher: np.ndarray | None = None, teacher_weight: float = 0.0,
+    ) -> "Targets":  # fmt: skip
+        """`teacher [n_rows, C]`: a teacher's probabilities per cache row (NaN where it has none),
+        blended into the labels with `teacher_weight` (distillation)."""
         y = np.zeros((n_rows, len(classes)), np.float32)
         w = np.ones(n_rows, np.float32)
         rows = windows["row"].to_numpy()
         y[rows] = target_matrix(
             windows["primary_label"].to_list(), windows["secondary_labels"].to_list(), classes, secondary_weight, smoothing
         )
+        if teacher is not None and teacher_weight > 0:
+            t = teacher[rows]
+            y[rows] = np.where(np.isnan(t), y[rows], (1 - teacher_weight) * y[rows] + teacher_weight * t)
         if use_rating:
             w[rows] = rating_weights(windows["rating"].to_numpy())
         return cls(y, w)
+
+
+def teacher_rows(windows: pl.DataFrame, teacher: pl.DataFrame, classes: Sequence[str], window_seconds: float) -> np.ndarray:
+    """A teacher's per-window scores (`filename, window_index, <class>...`) aligned to the cache's
+    rows `[n_rows, C]`; NaN for rows and species it does not score. A cache window matches the
+    teacher window its start falls in, as `features.windows.pool_windows` keys them."""
+    keyed = windows.select("row", "filename", (pl.col("start_seconds") / window_seconds + 1e-6).floor().cast(pl.Int64).alias("window_index"))
+    joined = keyed.join(teacher.with_row_index("_t"), on=["filename", "window_index"], how="inner")
+    missing = [c for c in classes if c not in teacher.columns]
+    if missing:
+        raise ValueError(f"teacher scores lack {len(missing)} classes, e.g. {missing[:3]}")
+    out = np.full((windows["row"].max() + 1 if windows.height else 0, len(classes)), np.nan, np.float32)
+    out[joined["row"].to_numpy()] = teacher.select(classes).to_numpy().astype(np.float32)[joined["_t"].to_numpy()]
+    return out
 
 
 class MelWindows(Dataset):
