@@ -7,7 +7,7 @@ DEMO_DATA := data/demo
 DEMO_CONFIG := configs/demo.toml
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: env birdnet demo run test ui bench bench-cache bench-train bench-infer bench-birdnet clean-demo
+.PHONY: env birdnet demo run test ui bench bench-cache bench-train bench-infer bench-birdnet bench-gpu clean-demo
 
 # The environment from the lock file; uv itself is installed with pip when absent.
 # --inexact: packages of other groups (BirdNET's) are kept, not removed.
@@ -65,6 +65,13 @@ bench-infer: env
 
 bench-birdnet: birdnet
 	$(PY) bench/bench_birdnet.py
+
+# On a CUDA machine, with its own python3 (torch, timm, pyarrow, scipy): wheels it lacks come
+# from bench/.gpu_wheels, fetched beforehand with `bench/gpu_wheels.sh download <its python version>`.
+GPU_PY ?= python3
+bench-gpu:
+	bench/gpu_wheels.sh install
+	PYTHONPATH=$(CURDIR):$(CURDIR)/bench/.gpu_site $(GPU_PY) bench/bench_gpu.py --out bench_gpu.json
 
 clean-demo:
 	rm -rf $(DEMO_DATA) data/work data/mlflow.db data/mlartifacts $(DAGSTER_HOME)

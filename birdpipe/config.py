@@ -43,7 +43,7 @@ CONFIG_ENV = "BIRDPIPE_CONFIG"
 
 #: Code revision of each stage: bump one when its output changes without a parameter change
 #: (an algorithm fix), so that stage and everything after it become unsynced. The mel cache
-#: keeps its own (`features.cache.REVISION`): its folders are named outside Dagster too.
+#: keeps its own (`features.featurizer.REVISION`): its folders are named outside Dagster too.
 REVISIONS = {
     "taxonomy": 1,
     "train_metadata": 1,

@@ -99,7 +99,7 @@ def mel_power(frames: np.ndarray, cfg: MelConfig) -> np.ndarray:
 def to_log_mel(power: np.ndarray, cfg: MelConfig) -> np.ndarray:
     """dB relative to each window's peak (librosa.power_to_db(ref=np.max)), top_db floor,
     then the configured normalisation; float32."""
-    db = 10.0 * np.log10(np.maximum(power, AMIN))
+    db = denoise.decibels(np.maximum(power, AMIN))
     peak = db.max(axis=(1, 2), keepdims=True)
     db = np.maximum(db - peak, -cfg.top_db)
     if cfg.normalize == "minmax":

@@ -20,7 +20,7 @@ import hashlib
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from birdpipe.training.augment import WaveContext, batch_augment, waveform_augme
 from birdpipe.training.config import TrainConfig
 from birdpipe.training.losses import LossFn, LossParams, make_loss
 from birdpipe.training.samples import (
+    Batch,
     MelWindows,
     Targets,
     WaveWindows,
@@ -288,15 +289,7 @@ def run_epoch(run: FoldRun, epoch: int, log_metrics: bool = False) -> dict[str, 
     started = time.perf_counter()
     seed_everything(cfg.seed * 1000 + epoch)
     rng = np.random.default_rng([cfg.seed, epoch])
-    mel = run.data.cache.mel_config
-    crops = epoch_crops(run.train_windows, cfg.crop, cfg.first_seconds, mel.window_seconds, run.wave is not None, rng)
-    samples = (
-        WaveWindows(run.wave.paths, crops, run.wave.file_of_row, run.targets, mel, run.wave.augment)
-        if run.wave
-        else MelWindows(run.data.cache, crops["row"].to_numpy(), run.targets)
-    )
-    loader = make_loader(samples, cfg.batch_size, cfg.num_workers, cfg.seed * 1000 + epoch, pin_memory=run.device.type == "cuda")
-    train_loss = _train_epoch(run, loader, rng)
+    train_loss = train_steps(run, epoch_loader(run, epoch, rng), rng)
 
     val = MelWindows(run.data.cache, run.val_windows["row"].to_numpy(), run.targets)
     val_loader = make_loader(val, cfg.batch_size * 2, cfg.num_workers, cfg.seed)
@@ -335,8 +328,21 @@ def finish_fold(run: FoldRun, tracking: FoldTracking | None = None) -> FoldResul
     return _result(run, curve)
 
 
-def _train_epoch(run: FoldRun, loader: torch.utils.data.DataLoader, rng: np.random.Generator) -> float:
-    """One pass over `loader`; returns the mean loss."""
+def epoch_loader(run: FoldRun, epoch: int, rng: np.random.Generator) -> torch.utils.data.DataLoader:
+    """The epoch's training batches: its crops, from the cache or decoded (waveform mode)."""
+    cfg, mel = run.cfg, run.data.cache.mel_config
+    crops = epoch_crops(run.train_windows, cfg.crop, cfg.first_seconds, mel.window_seconds, run.wave is not None, rng)
+    samples = (
+        WaveWindows(run.wave.paths, crops, run.wave.file_of_row, run.targets, mel, run.wave.augment)
+        if run.wave
+        else MelWindows(run.data.cache, crops["row"].to_numpy(), run.targets)
+    )
+    return make_loader(samples, cfg.batch_size, cfg.num_workers, cfg.seed * 1000 + epoch, pin_memory=run.device.type == "cuda")
+
+
+def train_steps(run: FoldRun, loader: Iterable[Batch], rng: np.random.Generator) -> float:
+    """One optimiser step per batch of `loader` (batches may already be on the device); returns
+    the mean loss. Public so that benchmarks time the very steps `train_fold` runs."""
     cfg, model, device = run.cfg, run.model, run.device
     model.train()
     total, count = 0.0, 0
