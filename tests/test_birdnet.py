@@ -142,3 +142,34 @@ def test_heads_learn_separable_embeddings_and_run_in_numpy(tmp_path):
         again = Head.load(head.save(tmp_path / f"{kind}.npz"))
         assert again.kind == kind and again.classes == ["a", "b", "c"]
         np.testing.assert_array_equal(again.predict(x), head.predict(x))
+
+
+def test_blend_graph_in_onnx_runtime_equals_the_numpy_blend(tmp_path):
+    from birdpipe.inference.blend_graph import BlendSession, export_blend
+    from birdpipe.models.heads import Head
+
+    rng = np.random.default_rng(0)
+    n, d, c = 50, 16, 4
+    classes = list("abcd")
+
+    def head(kind, sizes):
+        return Head(kind, classes, [(rng.normal(0, 0.5, (o, i)).astype(np.float32), rng.normal(0, 0.1, o).astype(np.float32))
+                                    for i, o in zip(sizes[:-1], sizes[1:])])  # fmt: skip
+
+    heads = {"logistic": [head("logistic", [d, c]) for _ in range(3)], "mlp": [head("mlp", [d, 8, c]) for _ in range(3)]}
+    blend = Blend({"sed": 1.0, "birdnet": 2.0, "logistic": 0.5, "mlp": 1.0}, shrink=3.0, counts=[0, 1, 5, 40], classes=classes)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    zero_shot = rng.random((n, c)).astype(np.float32)
+    zero_shot[:, 3] = np.nan  # a species BirdNET does not know
+    sed = rng.random((n, c)).astype(np.float32)
+    expected = blend.apply({"sed": sed, "birdnet": zero_shot} | {k: np.mean([h.predict(x) for h in hs], axis=0) for k, hs in heads.items()})
+
+    session = BlendSession(export_blend(blend, heads, tmp_path / "blend.onnx"))
+    assert session.inputs == ["sed", "zero_shot", "embedding"]
+    np.testing.assert_allclose(session.run({"sed": sed, "zero_shot": zero_shot, "embedding": x}), expected, atol=1e-6)
+
+    # BirdNET alone: a species it cannot score falls back to 0, as Blend.apply does with no member scoring it
+    prior = Blend({"birdnet": 1.0, "mlp": 0.0}, 3.0, [1, 1, 1, 1], classes)
+    only = BlendSession(export_blend(prior, heads, tmp_path / "prior.onnx"))
+    assert only.inputs == ["zero_shot"]
+    np.testing.assert_allclose(only.run({"zero_shot": zero_shot}), prior.apply({"birdnet": zero_shot}), atol=1e-6)

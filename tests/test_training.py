@@ -201,7 +201,7 @@ def test_distillation_mixes_the_teachers_scores_into_the_targets_and_keys_the_ch
     folds, metadata = _frames(cache)
     # The teacher scores sp1 everywhere at 0.8 and knows nothing of sp2 (NaN); window 2 of each recording is unscored.
     keys = cache.windows.filter(pl.col("window_index") < 2).select("filename", "window_index")
-    teacher = keys.with_columns(sp0=pl.lit(0.0), sp1=pl.lit(0.8), sp2=pl.lit(None, pl.Float64).fill_null(float("nan")))
+    teacher = keys.with_columns(sp0=pl.lit(0.1), sp1=pl.lit(0.8), sp2=pl.lit(None, pl.Float64).fill_null(float("nan")))
     cfg = _cfg(epochs=1, distill=DistillConfig(teacher="birdnet", weight=0.25))
     run = setup_fold(FoldData(cache, folds, metadata, CLASSES, teacher=teacher), 0, cfg, tmp_path / "t", log=lambda m: None)
     plain = setup_fold(FoldData(cache, folds, metadata, CLASSES), 0, _cfg(epochs=1), tmp_path / "p", log=lambda m: None)
@@ -209,7 +209,8 @@ def test_distillation_mixes_the_teachers_scores_into_the_targets_and_keys_the_ch
     rows = run.train_windows.filter(pl.col("primary_label") == "sp0")
     taught = rows.filter(pl.col("window_index") < 2)["row"].to_numpy()
     untaught = rows.filter(pl.col("window_index") == 2)["row"].to_numpy()
-    np.testing.assert_allclose(run.targets.y[taught], [[0.75, 0.2, 0.0]] * len(taught))  # 0.75 * label + 0.25 * teacher
+    # the primary stays 1; the others 0.75 * label + 0.25 * teacher; sp2 (unscored) keeps its label
+    np.testing.assert_allclose(run.targets.y[taught], [[1.0, 0.2, 0.0]] * len(taught))
     np.testing.assert_allclose(run.targets.y[untaught], plain.targets.y[untaught])  # no teacher window: the label
     np.testing.assert_array_equal(run.val_truth, plain.val_truth)  # validation scores against labels alone
     assert run.fingerprint != plain.fingerprint

@@ -4,10 +4,12 @@ A blend model is a folder (what the `ensemble` asset writes and registers in MLf
 
 - `blend.json`: member weights, shrink, per-species training counts, classes;
 - `birdnet.json`: the BirdNET weights' digest, chunk hop, and which BirdNET logit scores each class;
-- `heads/<kind>/fold-<k>.npz`: embedding heads; `sed/fold-<k>/best.pt`: the SED fold models.
+- `heads/<kind>/fold-<k>.npz`: embedding heads; `sed/fold-<k>/best.pt`: the SED fold models;
+- `blend.onnx`: the heads and the member weights as one ONNX graph (`inference.blend_graph`).
 
 Every member predicts each 5 s window of a recording (BirdNET's 3 s chunks pooled into the
-window they start in); fold models of a member are averaged; `Blend.apply` combines members.
+window they start in); fold models of a member are averaged; the blend graph in ONNX Runtime
+(or `Blend.apply` on the numpy heads, `use_onnx=False`) combines members.
 BirdNET itself is not in the folder (its licence): the installed weights are used, and a
 different digest is reported.
 """
@@ -28,12 +30,14 @@ from birdpipe.data.audio import iter_blocks
 from birdpipe.evaluation.blend import Blend
 from birdpipe.features.config import MelConfig
 from birdpipe.evaluation.members import birdnet_windows
+from birdpipe.inference.blend_graph import MEMBER_INPUTS, BlendSession, export_blend
 from birdpipe.inference.ensemble import Ensemble, load_ensemble
 from birdpipe.inference.predict import predict_file
 from birdpipe.models import birdnet as bn
 from birdpipe.models.heads import Head
 
 BLEND_FILE = "blend.json"
+GRAPH_FILE = "blend.onnx"
 
 
 @dataclass
@@ -46,6 +50,8 @@ class BlendedModel:
     birdnet_index: np.ndarray
     hop_seconds: float
     heads: dict[str, list[Head]]
+    #: The exported heads and weights in ONNX Runtime; None: numpy.
+    graph: BlendSession | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -66,22 +72,27 @@ class BlendedModel:
         from birdpipe.inference.config import SubmissionConfig
 
         sub_cfg = SubmissionConfig(batch_size=batch_size)
-        members: dict[str, np.ndarray] = {}
+        feeds: dict[str, np.ndarray] = {}
         frame = predict_file(self.sed, path, self.sed.mel, sub_cfg) if self.sed else None
         n = frame.height if frame is not None else None
         if self.birdnet is not None:
             windows, zero_shot, embeddings = self._birdnet_windows(path)
             n = n or len(windows)
-            members["birdnet"] = _fit(zero_shot, n)
-            for kind, heads in self.heads.items():
-                members[kind] = _fit(np.mean([h.predict(embeddings) for h in heads], axis=0), n)
+            feeds["zero_shot"], feeds["embedding"] = _fit(zero_shot, n), _fit(embeddings, n)
         if frame is not None:
-            members["sed"] = frame.select(self.classes).to_numpy()
+            feeds["sed"] = frame.select(self.classes).to_numpy()
         else:
             ends = (np.arange(n) + 1) * 5
             frame = pl.DataFrame({"soundscape_id": [path.stem] * n, "end_seconds": ends})
-        probs = self.blend.apply({m: p for m, p in members.items() if m in self.blend.weights})
+        probs = self.graph.run(feeds) if self.graph else self.blend_numpy(feeds)
         return frame.select("soundscape_id", "end_seconds").hstack(pl.DataFrame(probs, schema=self.classes))
+
+    def blend_numpy(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        """What the blend graph computes, in numpy: fold heads averaged, members weighed."""
+        members = {m: feeds[MEMBER_INPUTS[m]] for m in MEMBER_INPUTS if m in self.members and MEMBER_INPUTS[m] in feeds}
+        for kind, heads in self.heads.items():
+            members[kind] = np.mean([h.predict(feeds["embedding"]) for h in heads], axis=0)
+        return self.blend.apply(members)
 
     def _birdnet_windows(self, path: Path) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
         stream = iter_blocks(path, bn.SAMPLE_RATE)
@@ -120,7 +131,12 @@ def save_blend_model(
     for fold, path in sed_checkpoints.items():
         (folder / "sed" / f"fold-{fold}").mkdir(parents=True, exist_ok=True)
         shutil.copy(path, folder / "sed" / f"fold-{fold}" / "best.pt")
+    export_blend(blend, _load_heads(folder), folder / GRAPH_FILE)
     return folder
+
+
+def _load_heads(folder: Path) -> dict[str, list[Head]]:
+    return {kind.name: [Head.load(p) for p in sorted(kind.glob("fold-*.npz"))] for kind in sorted((folder / "heads").glob("*"))}
 
 
 def load_blend_model(folder: Path, use_onnx: bool = True, threads: int = 1) -> BlendedModel:
@@ -129,7 +145,7 @@ def load_blend_model(folder: Path, use_onnx: bool = True, threads: int = 1) -> B
     info = json.loads((folder / "birdnet.json").read_text())
     sed_files = sorted((folder / "sed").glob("fold-*/best.pt"))
     sed = load_ensemble(sed_files, use_onnx=use_onnx, threads=threads) if sed_files and blend.weights.get("sed") else None
-    heads = {kind.name: [Head.load(p) for p in sorted(kind.glob("fold-*.npz"))] for kind in sorted((folder / "heads").glob("*"))}
+    heads = _load_heads(folder)
     uses_birdnet = any(blend.weights.get(m) for m in ("birdnet", *heads))
     model = classifier = None
     if uses_birdnet:
@@ -138,8 +154,10 @@ def load_blend_model(folder: Path, use_onnx: bool = True, threads: int = 1) -> B
             print(f"warning: installed BirdNET {files.digest} differs from the blend's {info['sha256']}", file=sys.stderr)
         onnx = bn.onnx_model(files)
         model, classifier = bn.BirdnetModel(onnx, threads=threads), bn.BirdnetClassifier.from_onnx(onnx)
+    # blends registered before the graph existed run in numpy
+    graph = BlendSession(folder / GRAPH_FILE, threads) if use_onnx and (folder / GRAPH_FILE).exists() else None
     return BlendedModel(blend, sed, model, classifier, np.asarray(info["index"]), info["hop_seconds"],
-                        {k: v for k, v in heads.items() if blend.weights.get(k)})  # fmt: skip
+                        {k: v for k, v in heads.items() if blend.weights.get(k)}, graph)  # fmt: skip
 
 
 def is_blend_model(path: Path) -> bool:

@@ -2,8 +2,8 @@
 
 A head is a stack of dense layers (ReLU between them) ending in one logit per class. It is
 trained with torch (`training.heads`), but applying it is a few matrix products, so it is
-stored as arrays in an `.npz` and run in numpy: no torch needed to predict, and trivially
-exported to ONNX (`to_onnx`).
+stored as arrays in an `.npz`: no torch needed to predict, in numpy or as part of the blend's
+ONNX graph (`inference.blend_graph`).
 """
 
 from __future__ import annotations

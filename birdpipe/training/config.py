@@ -63,7 +63,8 @@ class DistillConfig(Section):
     #: None: the labels alone.
     teacher: Literal["birdnet"] | None = None
     #: target = (1 - weight) * label + weight * teacher, on the species the teacher scores
-    #: (the others keep their label). Validation always scores against the labels.
+    #: except the recording's primary label, which stays 1 (species the teacher cannot score
+    #: keep their label). Validation always scores against the labels.
     weight: Probability = 0.5
 
 

@@ -103,7 +103,9 @@ class Targets:
         use_rating: bool, teacher: np.ndarray | None = None, teacher_weight: float = 0.0,
     ) -> "Targets":  # fmt: skip
         """`teacher [n_rows, C]`: a teacher's probabilities per cache row (NaN where it has none),
-        blended into the labels with `teacher_weight` (distillation)."""
+        blended into every label but the primary with `teacher_weight` (distillation): a focal
+        recording's species is there even where the teacher does not hear it, while secondary
+        and unlabelled species take the teacher's view."""
         y = np.zeros((n_rows, len(classes)), np.float32)
         w = np.ones(n_rows, np.float32)
         rows = windows["row"].to_numpy()
@@ -111,8 +113,9 @@ class Targets:
             windows["primary_label"].to_list(), windows["secondary_labels"].to_list(), classes, secondary_weight, smoothing
         )
         if teacher is not None and teacher_weight > 0:
-            t = teacher[rows]
-            y[rows] = np.where(np.isnan(t), y[rows], (1 - teacher_weight) * y[rows] + teacher_weight * t)
+            t, label = teacher[rows], y[rows]
+            mixed = np.where(np.isnan(t), label, (1 - teacher_weight) * label + teacher_weight * t)
+            y[rows] = np.where(label >= 1.0 - smoothing - 1e-6, label, mixed)  # the primary label stays
         if use_rating:
             w[rows] = rating_weights(windows["rating"].to_numpy())
         return cls(y, w)
