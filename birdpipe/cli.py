@@ -41,18 +41,23 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     mel = config.mel if args.noise_reduce is None else config.mel.replace(noise_reduce=args.noise_reduce)
     cache = config.cache if args.workers is None else config.cache.replace(workers=args.workers)
 
-    from birdpipe.data.metadata import read_recordings
+    from birdpipe.data.metadata import read_metadata
     from birdpipe.features.cache import build_mel_cache
     from birdpipe.paths import DatasetLayout
 
     layout = DatasetLayout(Path(args.data))
-    recordings = read_recordings(layout)
-    if args.limit:
-        recordings = recordings.head(args.limit)
+    meta = read_metadata(layout)
+    recordings = meta.recordings.head(args.limit) if args.limit else meta.recordings
     report = build_mel_cache(recordings, layout.train_audio, Path(args.out), mel, cache)
+    rows = meta.recordings.height + meta.quarantine.height
+    print(f"{layout.train_metadata}: {rows} rows, {meta.quarantine.height} quarantined")
+    for row, filename, reason in meta.quarantine.iter_rows():
+        print(f"  quarantined row {row} ({filename}): {reason}")
     print(report.summary())
     for filename, _, reason in report.quarantined.iter_rows():
         print(f"  quarantined {filename}: {reason}")
+    for filename, reason in report.damaged.iter_rows():
+        print(f"  damaged {filename}: {reason}")
     return 0
 
 
