@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from birdpipe.data.audio import iter_blocks
+from birdpipe.data.audio import AudioStream, iter_blocks
 from birdpipe.evaluation.blend import Blend
 from birdpipe.features.config import MelConfig
 from birdpipe.evaluation.members import birdnet_windows
 from birdpipe.inference.ensemble import Ensemble, load_ensemble
-from birdpipe.inference.predict import predict_file
+from birdpipe.inference.predict import FLAG_COLUMNS, flags, padded, predict_file
 from birdpipe.models import birdnet as bn
 from birdpipe.models.heads import Head
 
@@ -62,7 +62,8 @@ class BlendedModel:
         return self.sed.mel if self.sed else MelConfig()
 
     def predict_file(self, path: Path, batch_size: int = 64) -> pl.DataFrame:
-        """soundscape_id, end_seconds and one blended probability column per class, per 5 s window."""
+        """soundscape_id, end_seconds, one blended probability column per class and the flags of
+        `inference.predict.FLAG_COLUMNS`, per 5 s window."""
         from birdpipe.inference.config import SubmissionConfig
 
         sub_cfg = SubmissionConfig(batch_size=batch_size)
@@ -70,7 +71,7 @@ class BlendedModel:
         frame = predict_file(self.sed, path, self.sed.mel, sub_cfg) if self.sed else None
         n = frame.height if frame is not None else None
         if self.birdnet is not None:
-            windows, zero_shot, embeddings = self._birdnet_windows(path)
+            windows, zero_shot, embeddings, stream = self._birdnet_windows(path)
             n = n or len(windows)
             members["birdnet"] = _fit(zero_shot, n)
             for kind, heads in self.heads.items():
@@ -79,20 +80,22 @@ class BlendedModel:
             members["sed"] = frame.select(self.classes).to_numpy()
         else:
             ends = (np.arange(n) + 1) * 5
-            frame = pl.DataFrame({"soundscape_id": [path.stem] * n, "end_seconds": ends})
+            frame = pl.DataFrame({"soundscape_id": [path.stem] * n, "end_seconds": ends}).hstack(flags(stream, ends - 5.0, 5.0))
         probs = self.blend.apply({m: p for m, p in members.items() if m in self.blend.weights})
-        return frame.select("soundscape_id", "end_seconds").hstack(pl.DataFrame(probs, schema=self.classes))
+        return frame.select("soundscape_id", "end_seconds").hstack(pl.DataFrame(probs, schema=self.classes)).hstack(frame.select(*FLAG_COLUMNS))
 
-    def _birdnet_windows(self, path: Path) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
+    def _birdnet_windows(self, path: Path) -> tuple[pl.DataFrame, np.ndarray, np.ndarray, AudioStream]:
+        """BirdNET's windows, zero-shot scores and embeddings, and the stream (damage); missing
+        audio up to the header's length is silence, as for the SED members."""
         stream = iter_blocks(path, bn.SAMPLE_RATE)
         embeddings, starts = [], []
-        for chunks, first in bn._stream_chunks(stream, self.hop_seconds):
+        for chunks, first in bn._stream_chunks(padded(stream), self.hop_seconds):
             embeddings.append(self.birdnet.run(chunks)[0])
             starts.append(first / bn.SAMPLE_RATE)
         emb, starts = np.concatenate(embeddings), np.concatenate(starts)
         species = bn.SpeciesMap(self.classes, self.birdnet_index, {})
         keys, mean_emb, zero_shot = birdnet_windows([path.name] * len(emb), starts, emb, 5.0, self.classifier, species)
-        return keys, zero_shot, mean_emb
+        return keys, zero_shot, mean_emb, stream
 
 
 def _fit(values: np.ndarray, n: int) -> np.ndarray:
