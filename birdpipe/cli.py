@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, ConnectionError) as exc:
+    except (OSError, ValueError) as exc:  # missing files, a full disk, an unreachable server, bad values
         print(f"birdpipe {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -119,6 +119,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk names the file it could not write
+        raise OSError(exc.errno, f"{path}: cannot write ({exc.strerror or exc})") from exc
     finally:
         tmp.unlink(missing_ok=True)
     return path
