@@ -183,3 +183,75 @@ def test_a_run_killed_holding_the_gpu_pool_slot_does_not_block_the_next(tmp_path
         assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
         assert instance.event_log_storage.get_concurrency_info("gpu").active_slot_count == 0
         assert release_dead_runs(instance) == []
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _mlflow_server(tmp_path: Path, port: int) -> subprocess.Popen:
+    """A local tracking server (SQLite backend, artifacts proxied into tmp_path), up and answering."""
+    import urllib.request
+
+    mlflow = Path(sys.executable).parent / "mlflow"
+    server = subprocess.Popen(
+        [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--artifacts-destination", str(tmp_path / "artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+
+    def answers() -> bool:
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
+        except OSError:
+            return False
+
+    _wait_for(answers, 180, "the MLflow server")
+    return server
+
+
+def _stop(server: subprocess.Popen) -> None:
+    os.killpg(server.pid, signal.SIGKILL)  # the server and its uvicorn workers
+    server.wait()
+
+
+def test_a_tracking_server_lost_mid_training_fails_the_fold_clearly_and_the_rerun_resumes(tmp_path):
+    from birdpipe.tracking import TrackingConfig
+    from birdpipe.training.loop import FoldData, FoldTracking, train_fold
+    from test_training import CLASSES, FakeCache, _cfg, _frames
+
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    tracking = TrackingConfig(tracking_uri=uri, experiment="faults", registered_model="", http_retries=0)
+    cache = FakeCache()
+    folds, metadata = _frames(cache)
+    server = _mlflow_server(tmp_path, port)
+
+    def server_dies_after_the_first_epoch(message: str) -> None:
+        if "epoch 1/3" in message:
+            _stop(server)
+
+    start = time.monotonic()
+    try:
+        with pytest.raises(Exception, match=f"{uri}.*(refused|Max retries)") as failure:
+            train_fold(FoldData(cache, folds, metadata, CLASSES), 0, _cfg(), tmp_path / "fold-0", FoldTracking(tracking, {}),
+                       log=server_dies_after_the_first_epoch)  # fmt: skip
+    finally:
+        if server.poll() is None:
+            _stop(server)
+    assert time.monotonic() - start < 120, "no retrying for minutes"
+    print(failure.value)
+
+    server = _mlflow_server(tmp_path, port)
+    try:
+        messages: list[str] = []
+        result = train_fold(FoldData(cache, folds, metadata, CLASSES), 0, _cfg(), tmp_path / "fold-0", FoldTracking(tracking, {}),
+                            log=messages.append)  # fmt: skip
+    finally:
+        _stop(server)
+    assert any("resuming after epoch 1" in m for m in messages), messages
+    assert result.epochs_run == 3 and result.run_id
