@@ -7,6 +7,7 @@ Runs the same jobs the UI offers, against the instance in $DAGSTER_HOME, so afte
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -26,15 +27,60 @@ from .training import fold_partitions
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
+#: Tags naming the process of an in-process run, so that a later run can tell it died.
+PID_TAG, HOST_TAG = "birdpipe/pid", "birdpipe/host"
+UNFINISHED = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+
+
 def run_job(
     defs: dg.Definitions, name: str, instance: dg.DagsterInstance, partition_key: str | None = None
 ) -> dg.ExecuteInProcessResult:
     label = f"{name}[{partition_key}]" if partition_key else name
+    release_dead_runs(instance)
+    report_full_pools(instance)
     start = time.perf_counter()
     print(f"-> {label} ...", flush=True)
-    result = defs.resolve_job_def(name).execute_in_process(instance=instance, partition_key=partition_key, run_config=QUIET)
+    tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    result = defs.resolve_job_def(name).execute_in_process(instance=instance, partition_key=partition_key, run_config=QUIET, tags=tags)
     print(f"   {label} done in {time.perf_counter() - start:.0f} s", flush=True)
     return result
+
+
+def release_dead_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Mark failed the unfinished in-process runs of this host whose process is gone (killed,
+    e.g. by SIGKILL or the OOM killer) and free the pool slots they hold: otherwise a killed
+    training holds the `gpu` slot forever and the next run waits without a word. Runs of the
+    UI or daemon carry no process tag; the daemon's run monitoring frees theirs."""
+    released = []
+    for run in instance.get_runs(dg.RunsFilter(statuses=UNFINISHED)):
+        pid, host = run.tags.get(PID_TAG), run.tags.get(HOST_TAG)
+        if pid is None or host != socket.gethostname() or _alive(int(pid)):
+            continue
+        instance.report_run_failed(run, f"its process {pid} died without finishing the run (killed?); birdpipe marked it failed")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        print(f"note: run {run.run_id} ({run.job_name}) died with its process {pid}: marked failed, its pool slots freed", flush=True)
+        released.append(run.run_id)
+    return released
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # no signal sent: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def report_full_pools(instance: dg.DagsterInstance) -> None:
+    """Say which runs hold every slot of a pool, since a step of the next run waits for them."""
+    for pool in sorted(instance.event_log_storage.get_concurrency_keys()):
+        info = instance.event_log_storage.get_concurrency_info(pool)
+        if info.slot_count and info.active_slot_count >= info.slot_count:
+            holders = ", ".join(sorted(info.active_run_ids))
+            print(f"note: pool '{pool}' has all {info.slot_count} slot(s) held by run(s) {holders}; a step in that pool waits "
+                  f"for them (cancel them in the UI, or `dagster instance concurrency set {pool} N`)", flush=True)  # fmt: skip
 
 
 def latest(instance: dg.DagsterInstance, key: str, partition: str | None = None) -> dict:

@@ -53,6 +53,9 @@ class Tracking(dg.ConfigurableResource):
     registered_model: str = TrackingConfig().registered_model
     blend_model: str = TrackingConfig().blend_model
     model_alias: str = TrackingConfig().model_alias
+    connect_timeout_s: float = TrackingConfig().connect_timeout_s
+    http_retries: int = TrackingConfig().http_retries
+    http_timeout_s: float = TrackingConfig().http_timeout_s
 
     @classmethod
     def from_config(cls, cfg: TrackingConfig) -> "Tracking":
@@ -68,6 +71,9 @@ class Tracking(dg.ConfigurableResource):
             registered_model=f"{name}-{Path(dataset.root).resolve().name}",
             blend_model=self.blend_model,
             model_alias=self.model_alias,
+            connect_timeout_s=self.connect_timeout_s,
+            http_retries=self.http_retries,
+            http_timeout_s=self.http_timeout_s,
         )
 
 

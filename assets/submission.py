@@ -59,11 +59,15 @@ def build(cfg: PipelineConfig, blended: bool = False) -> list:
         else:
             checkpoints = [Path(model[k]["best_checkpoint"]) for k in sorted(model, key=int)]
             ensemble = load_ensemble(checkpoints, use_onnx=sub_cfg.use_onnx, combine=sub_cfg.ensemble)
-        preds = predict_soundscapes(ensemble, files, ensemble.mel, sub_cfg, progress=False, skip_errors=True)
+        predictions = predict_soundscapes(ensemble, files, ensemble.mel, sub_cfg, progress=False, skip_errors=True)
+        preds, by_file = predictions.windows, predictions.files
+        for path, status, reason, _, filled in by_file.filter(pl.col("status") != "ok").iter_rows():
+            context.log.warning(f"{status} {path}: {reason}" + (f" ({filled} window(s) predicted on silence)" if filled else ""))
         out = dataset.work.stage("submission", submission_version)
         scored = load_scored_birds(dataset.layout.root / sub_cfg.scored_birds) if sub_cfg.scored_birds else None
         paths = write_all_formats(preds, ensemble.classes, thresholds, sub_cfg, out, scored)
         preds.write_parquet(out / "window_probabilities.parquet")
+        by_file.write_csv(out / "files.csv")
         if sub_cfg.raven_tables:
             raven_tables(preds, ensemble.classes, thresholds, out / "raven", ensemble.mel)
         labels = find_labels(dataset.layout.root)
@@ -84,6 +88,10 @@ def build(cfg: PipelineConfig, blended: bool = False) -> list:
                 "format": sub_cfg.format,
                 "soundscapes": len(files),
                 "rows": preds.height,
+                "damaged": by_file.filter(pl.col("status") == "damaged").height,
+                "skipped": predictions.skipped.height,
+                "files_not_ok": md_table(by_file.filter(pl.col("status") != "ok")),
+                "windows_on_silence": int(by_file["filled_windows"].sum()),
                 "models": len(ensemble.members),
                 "backend": "onnxruntime" if sub_cfg.use_onnx else "torch",
                 **{f"soundscape_{s.metric}": s.value for s in scores},

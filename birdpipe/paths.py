@@ -99,6 +99,17 @@ def list_audio(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
 
 
+def inside(root: Path, name: str) -> Path:
+    """`root / name` for a file name read from a metadata file; ValueError when the name leads
+    out of `root` (an absolute path, or `..` past it), so metadata never makes birdpipe read
+    elsewhere. Decided on the name, not by resolving links: a symlink inside the folder was put
+    there by the dataset's owner."""
+    rel = os.path.normpath(name)
+    if os.path.isabs(rel) or rel == os.pardir or rel.startswith(os.pardir + os.sep):
+        raise ValueError(f"{name!r} leads outside the audio folder {root}")
+    return Path(root) / rel
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     """`write` a temporary sibling, then rename it over `path`: a reader (or a run killed
     mid-write) never sees half a file."""
@@ -108,6 +119,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk names the file it could not write
+        raise OSError(exc.errno, f"{path}: cannot write ({exc.strerror or exc})") from exc
     finally:
         tmp.unlink(missing_ok=True)
     return path

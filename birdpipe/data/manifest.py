@@ -11,6 +11,7 @@ import polars as pl
 
 from birdpipe.data.audio import AudioInfo, probe
 from birdpipe.parallel import imap_unordered, inject_fault
+from birdpipe.paths import inside
 
 MANIFEST_SCHEMA = {
     "filename": pl.String,
@@ -60,7 +61,12 @@ def build_manifest(metadata: pl.DataFrame, audio_root: Path, workers: int = 0, t
     """One row per metadata row (same order); a bad file gets readable=False and a reason,
     also one whose decoder kills its worker process or runs past `timeout_s`."""
     filenames = metadata["filename"].to_list()
-    jobs = [(f, str(Path(audio_root) / f)) for f in filenames]
+    jobs, rows = [], {}
+    for f in filenames:
+        try:
+            jobs.append((f, str(inside(Path(audio_root), f))))
+        except ValueError as exc:  # never opened: no stat, no probe
+            rows[f] = {**dict.fromkeys(MANIFEST_SCHEMA), "filename": f, "exists": False, "readable": False, "reason": str(exc), "damaged": False}
     probed = imap_unordered(_probe_row, jobs, workers, on_failure=_failed_row, timeout_s=timeout_s)
-    rows = {r["filename"]: r for r in probed}
+    rows |= {r["filename"]: r for r in probed}
     return pl.DataFrame([rows[f] for f in filenames], schema=MANIFEST_SCHEMA)

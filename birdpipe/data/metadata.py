@@ -1,8 +1,10 @@
 """BirdCLEF `train_metadata.csv` and `taxonomy.csv`: read, parse, validate.
 
 A row that cannot be trained on (unknown primary label, malformed list literal, no file
-name, duplicate file) is not dropped silently: it goes to a quarantine table with the file
-and the reason, and the rest of the dataset goes on.
+name, a file name leading outside the audio folder, a repeated file) is not dropped silently:
+it goes to a quarantine table with the file and the reason, and the rest of the dataset goes
+on. Of identical repeated rows the first is kept; rows naming one file with different values
+are all quarantined (which one is right is unknown).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
-from birdpipe.paths import DatasetLayout
+from birdpipe.paths import DatasetLayout, inside
 
 REQUIRED_METADATA = ("primary_label", "filename")
 REQUIRED_TAXONOMY = ("primary_label",)
@@ -70,7 +72,7 @@ def parse_list_literal(text: str | None) -> list[str]:
 
 def load_train_metadata(path: Path, taxonomy: pl.DataFrame) -> Metadata:
     """Parse list literals and ratings, validate labels against the taxonomy, quarantine bad rows."""
-    df = read_csv(path, REQUIRED_METADATA).with_row_index("row")
+    df = raw = read_csv(path, REQUIRED_METADATA).with_row_index("row")
     classes = set(taxonomy["primary_label"].to_list())
     problems: list[dict] = []
     parsed: dict[str, list[list[str] | None]] = {c: [] for c in LIST_COLUMNS if c in df.columns}
@@ -96,11 +98,12 @@ def load_train_metadata(path: Path, taxonomy: pl.DataFrame) -> Metadata:
     for row, label, filename in df.select("row", "primary_label", "filename").iter_rows():
         if not filename:
             problems.append(_problem(df, row, "empty filename"))
+        elif _leaves_audio_folder(filename):
+            problems.append(_problem(df, row, "filename leads outside the audio folder"))
         elif label not in classes:
             problems.append(_problem(df, row, f"primary_label {label!r} is not in the taxonomy"))
             unknown_primary[label] = unknown_primary.get(label, 0) + 1
-    for row in df.filter(pl.col("filename").is_duplicated() & pl.col("filename").is_not_null())["row"]:
-        problems.append(_problem(df, row, "duplicate filename"))
+    problems += [_problem(df, row, reason) for row, reason in _repeated_rows(raw)]
     quarantine = pl.DataFrame(problems, schema=QUARANTINE_SCHEMA).unique("row", keep="first").sort("row")
     good = df.filter(~pl.col("row").is_in(quarantine["row"].implode()))
     secondary = good["secondary_labels"].explode().drop_nulls()
@@ -112,6 +115,31 @@ def load_train_metadata(path: Path, taxonomy: pl.DataFrame) -> Metadata:
         unknown_secondary=dict(zip(unknown[unknown.columns[0]].to_list(), unknown["count"].to_list())),
         unknown_primary=unknown_primary,
     )
+
+
+def _leaves_audio_folder(filename: str) -> bool:
+    try:
+        inside(Path("."), filename)
+    except ValueError:
+        return True
+    return False
+
+
+def _repeated_rows(raw: pl.DataFrame) -> list[tuple[int, str]]:
+    """(row, reason) for rows naming a file an earlier row names: a repeat of an identical row
+    (the first copy stays), or every row of a file named with different values."""
+    named = raw.filter(pl.col("filename").str.strip_chars().is_duplicated() & pl.col("filename").is_not_null())
+    found = []
+    for (_,), rows in named.group_by(pl.col("filename").str.strip_chars(), maintain_order=True):
+        values = rows.drop("row")
+        if values.unique().height == 1:
+            first = rows["row"][0]
+            found += [(int(r), f"repeats row {first} (identical; that one is kept)") for r in rows["row"][1:]]
+        else:
+            differ = [c for c in values.columns if values[c].n_unique() > 1]
+            found += [(int(r), f"filename also in row(s) {[int(o) for o in rows['row'] if o != r]} with other {', '.join(differ)}")
+                      for r in rows["row"]]  # fmt: skip
+    return found
 
 
 def _rating_column(df: pl.DataFrame) -> pl.Expr:
@@ -131,10 +159,14 @@ def _empty_rows(df: pl.DataFrame) -> list[int]:
 
 
 def read_recordings(layout: DatasetLayout) -> pl.DataFrame:
-    """The dataset's recordings: validated against the taxonomy when there is one, else the
-    metadata CSV with its list literals parsed."""
+    """The dataset's trainable recordings (see `read_metadata` for the rows left out)."""
+    return read_metadata(layout).recordings
+
+
+def read_metadata(layout: DatasetLayout) -> Metadata:
+    """The dataset's metadata, validated against the taxonomy, or without one against the
+    metadata's own primary labels; the quarantine says which rows are left out and why."""
     if layout.taxonomy.exists():
-        return load_train_metadata(layout.train_metadata, load_taxonomy(layout.taxonomy)).recordings
-    df = read_csv(layout.train_metadata, REQUIRED_METADATA)
-    secondary = df["secondary_labels"] if "secondary_labels" in df.columns else [None] * df.height
-    return df.with_columns(pl.Series("secondary_labels", [parse_list_literal(s) for s in secondary], pl.List(pl.String)))
+        return load_train_metadata(layout.train_metadata, load_taxonomy(layout.taxonomy))
+    labels = read_csv(layout.train_metadata, REQUIRED_METADATA)["primary_label"].str.strip_chars()
+    return load_train_metadata(layout.train_metadata, pl.DataFrame({"primary_label": labels.drop_nulls().unique(maintain_order=True)}))

@@ -23,6 +23,7 @@ import numpy as np
 import polars as pl
 
 from birdpipe.evaluation.metrics import NOCALL
+from birdpipe.paths import atomic_write
 from birdpipe.evaluation.thresholds import Thresholds
 from birdpipe.features.config import MelConfig
 from birdpipe.registry import Registry
@@ -188,10 +189,7 @@ def write_submission(
     """Write predictions as a `cfg.format` CSV; 2021/2022 decide with `thresholds` (default 0.5)."""
     thresholds = thresholds or Thresholds.constant()
     frame = format_frame(predictions, classes, cfg.format, thresholds.vector(classes), scored_birds)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    frame.write_csv(out_path)
-    return out_path
+    return atomic_write(out_path, frame.write_csv)  # a run killed mid-write leaves the previous file whole
 
 
 def solution_from_labels(
