@@ -50,7 +50,7 @@ def build(cfg: PipelineConfig, files: BirdnetFiles) -> list:
         features = featurizer(cfg, files)
         readable = audio_manifest.filter(pl.col("readable")).select("filename")
         report = build_window_cache(
-            train_metadata.join(readable, on="filename", how="semi"), dataset.layout.train_audio,
+            train_metadata.join(readable, on="filename", how="semi"), dataset.layout(cfg.dataset).audio_dir,
             dataset.birdnet_dir(features.version()), features, cfg.cache,
             partition=(int(context.partition_key), cfg.cache.partitions) if partitions else None, log=context.log.info,
         )  # fmt: skip

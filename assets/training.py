@@ -78,7 +78,7 @@ def build(cfg: PipelineConfig) -> list:
         # One parent per training of all folds: the backfill when there is one, else the inputs.
         parent_key = context.run.tags.get("dagster/backfill") or version(train_version, cache.digest, frame_digest(folds))
         parent = mlf.parent_run(trk, parent_key, "trained_model", {"birdpipe.train_version": train_version})
-        data = FoldData(cache, folds, train_metadata, taxonomy["primary_label"].to_list(), dataset.layout.train_audio)
+        data = FoldData(cache, folds, train_metadata, taxonomy["primary_label"].to_list(), dataset.layout(cfg.dataset).audio_dir)
         result = train_fold(
             data, fold, cfg.train, dataset.work.stage("trained_model", train_version) / f"fold-{fold}",
             FoldTracking(trk, tags, parent), log=context.log.info,

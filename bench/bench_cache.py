@@ -73,17 +73,17 @@ def run_birdpipe(files: list[str], data: Path, workers: int, noise_mode: str) ->
     from birdpipe.data.metadata import read_recordings
     from birdpipe.features.cache import build_mel_cache
     from birdpipe.config import CacheConfig
-    from birdpipe.paths import DatasetLayout
+    from birdpipe.data.layout import detect_layout
 
-    layout = DatasetLayout(data)
+    layout = detect_layout(data)
     recs = read_recordings(layout).filter(pl.col("filename").is_in(files))
     mel, cache = mel_config(noise_mode), CacheConfig(workers=workers)
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        first = build_mel_cache(recs, layout.train_audio, Path(out), mel, cache, log=lambda _: None)
+        first = build_mel_cache(recs, layout.audio_dir, Path(out), mel, cache, log=lambda _: None)
         wall = time.perf_counter() - t0
         t1 = time.perf_counter()
-        again = build_mel_cache(recs, layout.train_audio, Path(out), mel, cache, log=lambda _: None)
+        again = build_mel_cache(recs, layout.audio_dir, Path(out), mel, cache, log=lambda _: None)
         rerun = time.perf_counter() - t1
     assert again.recomputed == 0, again.summary()
     return {"wall": wall, "audio": first.computed_seconds, "windows": first.windows,
@@ -208,9 +208,9 @@ def main() -> None:
         return
 
     from birdpipe.data.metadata import read_recordings
-    from birdpipe.paths import DatasetLayout
+    from birdpipe.data.layout import detect_layout
 
-    names = read_recordings(DatasetLayout(args.data))["filename"].sample(fraction=1.0, shuffle=True, seed=0).to_list()
+    names = read_recordings(detect_layout(args.data))["filename"].sample(fraction=1.0, shuffle=True, seed=0).to_list()
     large = names[: args.files or len(names)]
     small = large[: max(1, round(args.small * len(large)))]
     results = {"birdpipe": [], "usual": []}
