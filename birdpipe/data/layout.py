@@ -12,6 +12,8 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import polars as pl
+
 from birdpipe.data.config import DatasetConfig
 from birdpipe.paths import AUDIO_SUFFIXES, file_digest, list_audio
 
@@ -43,6 +45,8 @@ class DatasetLayout:
     label_folders: bool
     taxonomy: Path | None
     sample_submission: Path | None
+    #: True when sample_submission.csv has a column per class (2023 on), not 2021/2022's decisions.
+    sample_has_classes: bool
     scored_birds: Path | None
     #: 2022's `test.csv`: the rows a submission must have.
     test_rows: Path | None
@@ -56,7 +60,7 @@ class DatasetLayout:
         """Where the class list comes from: a taxonomy, a submission template's columns, or the metadata."""
         if self.taxonomy:
             return self.taxonomy.name
-        if self.sample_submission:
+        if self.sample_has_classes:
             return f"{self.sample_submission.name} columns"
         return f"sorted primary labels of {self.metadata.name}"
 
@@ -120,7 +124,8 @@ def detect_layout(root: str | Path, cfg: DatasetConfig | None = None) -> Dataset
     )
     name = _year(**layout)
     label_folders = cfg.label_folders if cfg.label_folders is not None else audio_dir.name == "train_short_audio"
-    return DatasetLayout(name=name, label_folders=label_folders, **layout)
+    sample = layout["sample_submission"]
+    return DatasetLayout(name=name, label_folders=label_folders, sample_has_classes=bool(sample and _has_class_columns(sample)), **layout)
 
 
 def _year(root: Path, metadata: Path, audio_dir: Path, **parts: Path | None) -> str:
@@ -131,8 +136,10 @@ def _year(root: Path, metadata: Path, audio_dir: Path, **parts: Path | None) -> 
         return "2022"
     if metadata.name == "train.csv":
         return "2025"
+    if parts["sample_submission"] and (root / UNLABELED_DIRS[0]).is_dir():
+        return "2024"
     if parts["sample_submission"]:
-        return "2024" if (root / UNLABELED_DIRS[0]).is_dir() else "2023"
+        return "2023"
     return "birdpipe"
 
 
@@ -164,6 +171,15 @@ def _required(root: Path, override: str | None, names: tuple[str, ...], key: str
     if path is None:
         raise FileNotFoundError(f"{root}: no {' or '.join(names)} found (set [dataset] {key} for another name)")
     return path
+
+
+def _has_class_columns(sample_submission: Path) -> bool:
+    """A probability template (row_id + one column per class), not a `row_id,target` / `row_id,birds` one."""
+    try:
+        columns = pl.read_csv(sample_submission, n_rows=0, infer_schema=False).columns
+    except pl.exceptions.PolarsError as exc:
+        raise ValueError(f"{sample_submission}: not a readable CSV: {exc}") from None
+    return columns[1:] not in (["target"], ["birds"], [])
 
 
 def _has_audio(folder: Path) -> bool:

@@ -183,7 +183,7 @@ def load_classes(layout: DatasetLayout) -> Classes:
     """
     if layout.taxonomy:
         return Classes(load_taxonomy(layout.taxonomy), layout.class_source)
-    if layout.sample_submission:
+    if layout.sample_has_classes:
         header = read_csv_header(layout.sample_submission, ("row_id",))
         labels = pl.DataFrame({"primary_label": [c.strip() for c in header if c != "row_id"]})
         if labels.height == 0 or labels["primary_label"].is_duplicated().any():

@@ -59,7 +59,7 @@ def write_all_formats(
 
 def submission_template(layout: DatasetLayout) -> SubmissionTemplate:
     """The class column order of the dataset's sample_submission.csv and the rows of its 2022 test.csv."""
-    columns = read_csv_header(layout.sample_submission, ("row_id",))[1:] if layout.sample_submission else None
+    columns = read_csv_header(layout.sample_submission, ("row_id",))[1:] if layout.sample_has_classes else None
     rows = read_csv(layout.test_rows, ("row_id",))["row_id"].str.strip_chars().to_list() if layout.test_rows else None
     return SubmissionTemplate(tuple(c.strip() for c in columns) if columns is not None else None, tuple(rows) if rows is not None else None)
 
