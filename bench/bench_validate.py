@@ -106,7 +106,7 @@ def report(args: argparse.Namespace, r: dict) -> str:
             f"| for reference: the two list columns parsed per row with `ast.literal_eval` | {r['per_row_parse']:.2f} | | "
             f"{args.rows / r['per_row_parse']:,.0f} |",
             "",
-            f"{r['recordings']:,} trainable rows, {r['quarantined']} quarantined. Audio header probes come on top "
+            f"{r['recordings']:,} rows pass the metadata checks, {r['quarantined']} quarantined. Audio header probes come on top "
             "(parallel, one process per core; not part of this number).",
         ]
     )
