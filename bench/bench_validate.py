@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -27,9 +26,8 @@ import polars as pl
 
 from birdpipe.data.layout import detect_layout
 from birdpipe.data.metadata import load_dataset_metadata, parse_list_literal
+from docsection import publish
 
-ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Validation"
 
 
@@ -112,25 +110,13 @@ def report(args: argparse.Namespace, r: dict) -> str:
     )
 
 
-def write_section(text: str, doc: Path = DOC) -> None:
-    """Replace (or append) only this benchmark's section; other sections stay as they are."""
-    old = doc.read_text() if doc.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _: text + "\n\n", old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    doc.write_text(new.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-write", action="store_true", help="print only, leave docs/benchmarks.md alone")
     args = parser.parse_args(argv)
-    text = report(args, run(args))
-    print(text)
-    if not args.no_write:
-        write_section(text)
-    return 0
+    return publish(report(args, run(args)), SECTION, write=not args.no_write)
 
 
 if __name__ == "__main__":
