@@ -133,9 +133,10 @@ def test_submission_follows_the_dataset(years):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("year", ["2021", "2025"])
-def test_whole_graph_on_a_year_layout(years, year, tmp_path):
+def test_whole_graph_on_a_year_layout(years, year, tmp_path, capsys):
     import dagster as dg
 
+    from assets.demo import report
     from test_pipeline import CONFIG, _defs, _metadata
 
     def _run(defs, instance, job, partition_key=None):
@@ -153,6 +154,8 @@ def test_whole_graph_on_a_year_layout(years, year, tmp_path):
         for fold in [str(k) for k in range(config.folds.n_folds)]:
             _run(defs, instance, "train_job", fold)
         evaluation = _run(defs, instance, "evaluate_job")
+        report(config, instance, evaluation)
+    printed = capsys.readouterr().out
 
     layout = detect_layout(data)
     classes = load_classes(layout).labels
@@ -171,3 +174,5 @@ def test_whole_graph_on_a_year_layout(years, year, tmp_path):
         val = _metadata(evaluation, "soundscape_validation")
         assert {"soundscape_birdclef2021", "soundscape_birdclef2025"} <= set(val)
         assert val["year_format"] == "2021" and 0.0 <= val["soundscape_birdclef2021"] <= 1.0 and val["soundscape_birdclef2025"] > 0.5
+        assert f"birdclef2021 {val['soundscape_birdclef2021']:.4f}" in printed  # in the make run report, beside the out-of-fold scores
+        assert "--metric birdclef2021" in printed
