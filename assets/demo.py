@@ -16,7 +16,8 @@ from pathlib import Path
 import dagster as dg
 
 from birdpipe.config import PipelineConfig, load_config
-from birdpipe.paths import PROJECT_ROOT, DatasetLayout, default_data_root
+from birdpipe.data.layout import detect_layout
+from birdpipe.paths import PROJECT_ROOT, default_data_root
 
 from .definitions import build_defs
 from .features import cache_partitions
@@ -94,9 +95,9 @@ def _rel(path: str) -> str:
     return os.path.relpath(path, PROJECT_ROOT)
 
 
-def skipped_submission(evaluation: dg.ExecuteInProcessResult) -> str | None:
-    """Why `evaluate_job` made no submission (a dataset without soundscapes), or None."""
-    for event in evaluation.asset_observations_for_node("submission"):
+def skipped(evaluation: dg.ExecuteInProcessResult, asset: str = "submission") -> str | None:
+    """Why `evaluate_job` did not make `asset` (a dataset without soundscapes, or without labelled ones), or None."""
+    for event in evaluation.asset_observations_for_node(asset):
         if "skipped" in event.metadata:
             return event.metadata["skipped"].value
     return None
@@ -107,7 +108,10 @@ def materialize_all(config: PipelineConfig, instance: dg.DagsterInstance) -> dg.
     Returns the evaluation run's result."""
     defs = build_defs(config)
     root = default_data_root()
-    if config.submission.soundscape_dir is None and DatasetLayout(root).soundscapes() is None:
+    layout = detect_layout(root, config.dataset)
+    print(f"dataset {root}: {layout.name} layout, classes from {layout.class_source}, submission format "
+          f"{config.submission.format or layout.submission_format}")
+    if config.submission.soundscape_dir is None and layout.soundscapes() is None:
         print(f"note: {root} has no soundscape folder: every model is trained and evaluated, the submission is skipped")
     run_job(defs, "prepare_job", instance)
     shards = cache_partitions(config)
@@ -123,7 +127,7 @@ def materialize_all(config: PipelineConfig, instance: dg.DagsterInstance) -> dg.
 def report(config: PipelineConfig, instance: dg.DagsterInstance, evaluation: dg.ExecuteInProcessResult) -> None:
     """Scores, MLflow run ids and output paths from the latest materializations."""
     oof, thresholds, sub = (latest(instance, k) for k in ("oof_predictions", "thresholds", "submission"))
-    skipped = skipped_submission(evaluation)
+    skipped_submission = skipped(evaluation)
     print(f"\n=== birdpipe: {_rel(str(default_data_root()))} ===")
     alias = config.tracking.model_alias
     for fold in fold_partitions(config).get_partition_keys():
@@ -141,19 +145,22 @@ def report(config: PipelineConfig, instance: dg.DagsterInstance, evaluation: dg.
         print("ensemble: BirdNET is not installed, so the SED fold models stand alone (make birdnet adds it)")
     print(f"thresholds: global {thresholds['global_threshold']:.3f}; out-of-fold {thresholds['objective']} "
           f"{thresholds['global_score']:.4f} (global) / {thresholds['per_species_score']:.4f} (per species)")
-    if skipped:
-        print(skipped)
+    if skipped_submission:
+        print(skipped_submission)
     else:
-        _report_submission(sub)
+        print(f"submission ({sub['format']} format, {sub['rows']} rows): {_rel(sub['submission_csv'])}")
+    if not skipped(evaluation, "soundscape_validation"):
+        _report_validation(latest(instance, "soundscape_validation"))
     print(f"outputs: {_rel(str(Path(oof['oof_parquet']).parents[2]))}/   MLflow store: data/mlflow.db")
     print("browse both: make ui  (Dagster http://127.0.0.1:3000, MLflow http://127.0.0.1:5000)")
 
 
-def _report_submission(sub: dict) -> None:
-    print(f"submission ({sub['format']} format, {sub['rows']} rows): {_rel(sub['submission_csv'])}")
-    if sub.get("score_commands"):
-        print("each format scored on the labelled soundscapes:")
-    for solution, submission, metric in sub.get("score_commands", []):
+def _report_validation(val: dict) -> None:
+    scores = ", ".join(f"{k.removeprefix('soundscape_')} {v:.4f}" for k, v in val.items() if k.startswith("soundscape_birdclef"))
+    print(f"soundscape validation (fold ensemble on the labelled soundscapes): {scores}   mlflow run {val['mlflow_run_id']}")
+    print(f"labelled soundscapes ({val['soundscapes']} files, {val['windows']} windows of {_rel(val['labels'])}), "
+          f"each format scored with its years' metrics (year format {val['year_format']}):")
+    for solution, submission, metric in val["score_commands"]:
         cmd = [sys.executable, "-m", "birdpipe.cli", "score", "--solution", solution, "--submission", submission, "--metric", metric]
         print(f"$ birdpipe score --solution {_rel(solution)} --submission {_rel(submission)} --metric {metric}", flush=True)
         subprocess.run(cmd, check=True, cwd=PROJECT_ROOT)
