@@ -115,7 +115,7 @@ _STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "embedding_heads": ("birdnet", "heads"),
     "ensemble": ("blend", "birdnet"),
     "birdnet_scores": ("birdnet",),
-    "soundscape_embeddings": ("birdnet",),
+    "soundscape_embeddings": ("birdnet", "pseudo", "dataset"),
     "pseudo_labels": ("pseudo", "heads", "blend"),
 }
 #: ...and the stages whose versions its own folder must follow (a model trained on other
