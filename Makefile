@@ -7,7 +7,7 @@ DEMO_DATA := data/demo
 DEMO_CONFIG := configs/demo.toml
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: env birdnet demo run test ui bench bench-cache bench-train bench-infer bench-birdnet bench-gpu clean-demo
+.PHONY: env birdnet demo run validate test ui bench bench-cache bench-train bench-infer bench-birdnet bench-gpu bench-validate clean-demo
 
 # The environment from the lock file; uv itself is installed with pip when absent.
 # --inexact: packages of other groups (BirdNET's) are kept, not removed.
@@ -38,9 +38,13 @@ $(DEMO_DATA)/.complete: $(VENV)/.synced birdpipe/data/synth.py
 demo: env $(DEMO_DATA)/.complete $(DAGSTER_HOME)/dagster.yaml
 	BIRDPIPE_DATA=$(DEMO_DATA) BIRDPIPE_CONFIG=$(DEMO_CONFIG) $(PY) -m assets.demo
 
-# Every asset of any BirdCLEF-layout dataset, the same way: make run DATA=path CONFIG=file.toml
+# Every asset of any BirdCLEF year's download, the same way: make run DATA=path CONFIG=file.toml
 run: env $(DAGSTER_HOME)/dagster.yaml
 	BIRDPIPE_DATA=$(DATA) BIRDPIPE_CONFIG=$(CONFIG) $(PY) -m assets.demo
+
+# What a dataset folder holds and what of it is trainable: make validate DATA=path
+validate: env
+	$(VENV)/bin/birdpipe validate --data $(DATA) $(if $(CONFIG),--config $(CONFIG))
 
 test: env birdnet
 	$(VENV)/bin/lint-imports
@@ -52,7 +56,7 @@ ui: env $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/data/mlflow.db & \
 	trap 'kill 0' INT TERM; wait
 
-bench: bench-cache bench-train bench-infer bench-birdnet
+bench: bench-cache bench-train bench-infer bench-birdnet bench-validate
 
 bench-cache: env
 	$(PY) bench/bench_cache.py
@@ -72,6 +76,9 @@ GPU_PY ?= python3
 bench-gpu:
 	bench/gpu_wheels.sh install
 	PYTHONPATH=$(CURDIR):$(CURDIR)/bench/.gpu_site $(GPU_PY) bench/bench_gpu.py --out bench_gpu.json
+
+bench-validate: env
+	$(PY) bench/bench_validate.py
 
 clean-demo:
 	rm -rf $(DEMO_DATA) data/work data/mlflow.db data/mlartifacts $(DAGSTER_HOME)

@@ -17,7 +17,7 @@ from birdpipe.config import ConfigError, PipelineConfig, load_config
 
 from . import evaluation, features, ingest, pretrained, submission, training
 from .resources import Dataset, Tracking, dataset_io_manager
-from .sensors import dataset_changed
+from .sensors import build_sensor
 
 
 def build_defs(config: PipelineConfig, resources: Mapping[str, Any] | None = None) -> dg.Definitions:
@@ -43,8 +43,8 @@ def build_defs(config: PipelineConfig, resources: Mapping[str, Any] | None = Non
         dg.define_asset_job("prepare_job", selection=ingest_keys + ([] if shards else [*caches, *teacher_keys, "folds"])),
         #: One fold's training per run; backfill all partitions to train every fold.
         dg.define_asset_job("train_job", selection=["trained_model"]),
-        #: Out-of-fold scores, embedding heads, the blend, thresholds and the submission, after every fold is trained.
-        dg.define_asset_job("evaluate_job", selection=["oof_predictions", *blend, "thresholds", "submission"]),
+        #: Out-of-fold scores, embedding heads, the blend, thresholds, the submission and the soundscape validation, after every fold is trained.
+        dg.define_asset_job("evaluate_job", selection=["oof_predictions", *blend, "thresholds", "submission", "soundscape_validation"]),
     ]
     if shards:
         #: Sharded caches: one run per shard partition, then the folds over all shards.
@@ -58,7 +58,7 @@ def build_defs(config: PipelineConfig, resources: Mapping[str, Any] | None = Non
         assets=[a for a in assets if not isinstance(a, dg.AssetChecksDefinition)],
         asset_checks=[a for a in assets if isinstance(a, dg.AssetChecksDefinition)],
         jobs=jobs,
-        sensors=[dataset_changed],
+        sensors=[build_sensor(config)],
         resources={**defaults, **(resources or {})},
     )
 

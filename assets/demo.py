@@ -7,6 +7,7 @@ Runs the same jobs the UI offers, against the instance in $DAGSTER_HOME, so afte
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +16,8 @@ from pathlib import Path
 import dagster as dg
 
 from birdpipe.config import PipelineConfig, load_config
-from birdpipe.paths import PROJECT_ROOT, DatasetLayout, default_data_root
+from birdpipe.data.layout import detect_layout
+from birdpipe.paths import PROJECT_ROOT, default_data_root
 
 from .definitions import build_defs
 from .features import cache_partitions
@@ -26,15 +28,60 @@ from .training import fold_partitions
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
+#: Tags naming the process of an in-process run, so that a later run can tell it died.
+PID_TAG, HOST_TAG = "birdpipe/pid", "birdpipe/host"
+UNFINISHED = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+
+
 def run_job(
     defs: dg.Definitions, name: str, instance: dg.DagsterInstance, partition_key: str | None = None
 ) -> dg.ExecuteInProcessResult:
     label = f"{name}[{partition_key}]" if partition_key else name
+    release_dead_runs(instance)
+    report_full_pools(instance)
     start = time.perf_counter()
     print(f"-> {label} ...", flush=True)
-    result = defs.resolve_job_def(name).execute_in_process(instance=instance, partition_key=partition_key, run_config=QUIET)
+    tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    result = defs.resolve_job_def(name).execute_in_process(instance=instance, partition_key=partition_key, run_config=QUIET, tags=tags)
     print(f"   {label} done in {time.perf_counter() - start:.0f} s", flush=True)
     return result
+
+
+def release_dead_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Mark failed the unfinished in-process runs of this host whose process is gone (killed,
+    e.g. by SIGKILL or the OOM killer) and free the pool slots they hold: otherwise a killed
+    training holds the `gpu` slot forever and the next run waits without a word. Runs of the
+    UI or daemon carry no process tag; the daemon's run monitoring frees theirs."""
+    released = []
+    for run in instance.get_runs(dg.RunsFilter(statuses=UNFINISHED)):
+        pid, host = run.tags.get(PID_TAG), run.tags.get(HOST_TAG)
+        if pid is None or host != socket.gethostname() or _alive(int(pid)):
+            continue
+        instance.report_run_failed(run, f"its process {pid} died without finishing the run (killed?); birdpipe marked it failed")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        print(f"note: run {run.run_id} ({run.job_name}) died with its process {pid}: marked failed, its pool slots freed", flush=True)
+        released.append(run.run_id)
+    return released
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # no signal sent: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def report_full_pools(instance: dg.DagsterInstance) -> None:
+    """Say which runs hold every slot of a pool, since a step of the next run waits for them."""
+    for pool in sorted(instance.event_log_storage.get_concurrency_keys()):
+        info = instance.event_log_storage.get_concurrency_info(pool)
+        if info.slot_count and info.active_slot_count >= info.slot_count:
+            holders = ", ".join(sorted(info.active_run_ids))
+            print(f"note: pool '{pool}' has all {info.slot_count} slot(s) held by run(s) {holders}; a step in that pool waits "
+                  f"for them (cancel them in the UI, or `dagster instance concurrency set {pool} N`)", flush=True)  # fmt: skip
 
 
 def latest(instance: dg.DagsterInstance, key: str, partition: str | None = None) -> dict:
@@ -48,9 +95,9 @@ def _rel(path: str) -> str:
     return os.path.relpath(path, PROJECT_ROOT)
 
 
-def skipped_submission(evaluation: dg.ExecuteInProcessResult) -> str | None:
-    """Why `evaluate_job` made no submission (a dataset without soundscapes), or None."""
-    for event in evaluation.asset_observations_for_node("submission"):
+def skipped(evaluation: dg.ExecuteInProcessResult, asset: str = "submission") -> str | None:
+    """Why `evaluate_job` did not make `asset` (a dataset without soundscapes, or without labelled ones), or None."""
+    for event in evaluation.asset_observations_for_node(asset):
         if "skipped" in event.metadata:
             return event.metadata["skipped"].value
     return None
@@ -61,7 +108,10 @@ def materialize_all(config: PipelineConfig, instance: dg.DagsterInstance) -> dg.
     Returns the evaluation run's result."""
     defs = build_defs(config)
     root = default_data_root()
-    if config.submission.soundscape_dir is None and DatasetLayout(root).soundscapes() is None:
+    layout = detect_layout(root, config.dataset)
+    print(f"dataset {root}: {layout.name} layout, classes from {layout.class_source}, submission format "
+          f"{config.submission.format or layout.submission_format}")
+    if config.submission.soundscape_dir is None and layout.soundscapes() is None:
         print(f"note: {root} has no soundscape folder: every model is trained and evaluated, the submission is skipped")
     run_job(defs, "prepare_job", instance)
     shards = cache_partitions(config)
@@ -77,7 +127,7 @@ def materialize_all(config: PipelineConfig, instance: dg.DagsterInstance) -> dg.
 def report(config: PipelineConfig, instance: dg.DagsterInstance, evaluation: dg.ExecuteInProcessResult) -> None:
     """Scores, MLflow run ids and output paths from the latest materializations."""
     oof, thresholds, sub = (latest(instance, k) for k in ("oof_predictions", "thresholds", "submission"))
-    skipped = skipped_submission(evaluation)
+    skipped_submission = skipped(evaluation)
     print(f"\n=== birdpipe: {_rel(str(default_data_root()))} ===")
     alias = config.tracking.model_alias
     for fold in fold_partitions(config).get_partition_keys():
@@ -95,19 +145,22 @@ def report(config: PipelineConfig, instance: dg.DagsterInstance, evaluation: dg.
         print("ensemble: BirdNET is not installed, so the SED fold models stand alone (make birdnet adds it)")
     print(f"thresholds: global {thresholds['global_threshold']:.3f}; out-of-fold {thresholds['objective']} "
           f"{thresholds['global_score']:.4f} (global) / {thresholds['per_species_score']:.4f} (per species)")
-    if skipped:
-        print(skipped)
+    if skipped_submission:
+        print(skipped_submission)
     else:
-        _report_submission(sub)
+        print(f"submission ({sub['format']} format, {sub['rows']} rows): {_rel(sub['submission_csv'])}")
+    if not skipped(evaluation, "soundscape_validation"):
+        _report_validation(latest(instance, "soundscape_validation"))
     print(f"outputs: {_rel(str(Path(oof['oof_parquet']).parents[2]))}/   MLflow store: data/mlflow.db")
     print("browse both: make ui  (Dagster http://127.0.0.1:3000, MLflow http://127.0.0.1:5000)")
 
 
-def _report_submission(sub: dict) -> None:
-    print(f"submission ({sub['format']} format, {sub['rows']} rows): {_rel(sub['submission_csv'])}")
-    if sub.get("score_commands"):
-        print("each format scored on the labelled soundscapes:")
-    for solution, submission, metric in sub.get("score_commands", []):
+def _report_validation(val: dict) -> None:
+    scores = ", ".join(f"{k.removeprefix('soundscape_')} {v:.4f}" for k, v in val.items() if k.startswith("soundscape_birdclef"))
+    print(f"soundscape validation (fold ensemble on the labelled soundscapes): {scores}   mlflow run {val['mlflow_run_id']}")
+    print(f"labelled soundscapes ({val['soundscapes']} files, {val['windows']} windows of {_rel(val['labels'])}), "
+          f"each format scored with its years' metrics (year format {val['year_format']}):")
+    for solution, submission, metric in val["score_commands"]:
         cmd = [sys.executable, "-m", "birdpipe.cli", "score", "--solution", solution, "--submission", submission, "--metric", metric]
         print(f"$ birdpipe score --solution {_rel(solution)} --submission {_rel(submission)} --metric {metric}", flush=True)
         subprocess.run(cmd, check=True, cwd=PROJECT_ROOT)

@@ -32,7 +32,7 @@ def build(cfg: PipelineConfig) -> list:
         recordings = train_metadata.join(readable, on="filename", how="semi")
         report = build_mel_cache(
             recordings,
-            dataset.layout.train_audio,
+            dataset.layout(cfg.dataset).audio_dir,
             dataset.work.root / "mel_cache",
             cfg.mel,
             cfg.cache,

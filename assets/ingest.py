@@ -1,11 +1,12 @@
-"""Ingest: taxonomy, validated train metadata, and the audio manifest."""
+"""Ingest: the class list, validated train metadata, and the audio manifest, from any BirdCLEF
+year's layout (`data.layout`), read by the same functions as `birdpipe validate`."""
 
 import dagster as dg
 import polars as pl
 
 from birdpipe.config import PipelineConfig
 from birdpipe.data.manifest import build_manifest
-from birdpipe.data.metadata import load_taxonomy, load_train_metadata
+from birdpipe.data.metadata import load_classes, load_train_metadata
 from birdpipe.paths import file_digest
 
 from .meta import md_table
@@ -17,13 +18,21 @@ GROUP = "ingest"
 def build(cfg: PipelineConfig) -> list:
     @dg.asset(group_name=GROUP, code_version=cfg.stage_version("taxonomy"), kinds={"polars"})
     def taxonomy(dataset: Dataset) -> dg.Output[pl.DataFrame]:
-        """The species list; its order is the class order of every model and submission."""
-        path = dataset.layout.taxonomy
-        df = load_taxonomy(path)
+        """The class list (a taxonomy, sample_submission.csv's columns, or the sorted primary
+        labels); its order is the class order of every model and submission."""
+        layout = dataset.layout(cfg.dataset)
+        classes = load_classes(layout)
+        sources = [p for p in (layout.taxonomy, layout.sample_submission, layout.metadata) if p]
         return dg.Output(
-            df,
-            metadata={"species": df.height, "source": dg.MetadataValue.path(str(path)), "preview": md_table(df, 10)},
-            data_version=dg.DataVersion(file_digest(path)),
+            classes.frame,
+            metadata={
+                "species": classes.frame.height,
+                "layout": layout.name,
+                "class_source": classes.source,
+                "source": dg.MetadataValue.path(str(sources[0])),
+                "preview": md_table(classes.frame, 10),
+            },
+            data_version=dg.DataVersion(file_digest(*sources)),
         )
 
     @dg.asset(
@@ -39,9 +48,10 @@ def build(cfg: PipelineConfig) -> list:
         ],
     )
     def train_metadata(context: dg.AssetExecutionContext, dataset: Dataset, taxonomy: pl.DataFrame):
-        """`train_metadata.csv` parsed and validated; untrainable rows are quarantined, not dropped."""
-        path = dataset.layout.train_metadata
-        meta = load_train_metadata(path, taxonomy)
+        """The recording metadata parsed and validated; untrainable rows are quarantined, not dropped."""
+        layout = dataset.layout(cfg.dataset)
+        path = layout.metadata
+        meta = load_train_metadata(path, taxonomy, label_folders=layout.label_folders)
         if meta.quarantine.height:
             context.log.warning(f"{path}: {meta.quarantine.height} row(s) quarantined")
         df = meta.recordings
@@ -56,7 +66,7 @@ def build(cfg: PipelineConfig) -> list:
                 "unknown_secondary_labels": dg.MetadataValue.json(meta.unknown_secondary),
                 "source": dg.MetadataValue.path(str(path)),
             },
-            data_version=dg.DataVersion(file_digest(path, dataset.layout.taxonomy)),
+            data_version=dg.DataVersion(file_digest(*(p for p in (path, layout.taxonomy, layout.sample_submission) if p))),
         )
         # Unknown labels do not stop the stage (their rows are quarantined, their secondary
         # mentions dropped), but the check makes them visible on the asset.
@@ -76,7 +86,7 @@ def build(cfg: PipelineConfig) -> list:
     ) -> dg.Output[pl.DataFrame]:
         """Duration, sample rate and channels of every recording, or why it cannot be read."""
         df = build_manifest(
-            train_metadata, dataset.layout.train_audio, workers=cfg.cache.workers, timeout_s=cfg.cache.file_timeout_s
+            train_metadata, dataset.layout(cfg.dataset).audio_dir, workers=cfg.cache.workers, timeout_s=cfg.cache.file_timeout_s
         )
         bad = df.filter(~pl.col("readable"))
         if bad.height:

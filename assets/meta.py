@@ -29,6 +29,8 @@ def cache_metadata(report) -> dict[str, dg.MetadataValue | int | float | str]:
         "removed": report.removed,
         "quarantined": report.quarantined.height,
         "quarantine": md_table(report.quarantined.select("filename", "reason")),
+        "damaged": report.damaged.height,
+        "damaged_files": md_table(report.damaged),
         "audio_seconds_per_second": round(report.throughput, 1),
         "digest": report.digest,
     }

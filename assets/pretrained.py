@@ -8,6 +8,7 @@ import polars as pl
 
 from birdpipe import tracking as mlf
 from birdpipe.config import PipelineConfig
+from birdpipe.data.layout import DatasetLayout
 from birdpipe.evaluation.members import BirdnetWindows
 from birdpipe.models.birdnet import (
     BirdnetClassifier, BirdnetFeatures, BirdnetFiles, SpeciesMap, find_birdnet, load_labels, map_species, onnx_model,
@@ -75,7 +76,7 @@ def build(cfg: PipelineConfig, files: BirdnetFiles) -> list:
         features = featurizer(cfg, files)
         readable = audio_manifest.filter(pl.col("readable")).select("filename")
         report = build_window_cache(
-            train_metadata.join(readable, on="filename", how="semi"), dataset.layout.train_audio,
+            train_metadata.join(readable, on="filename", how="semi"), dataset.layout(cfg.dataset).audio_dir,
             dataset.birdnet_dir(features.version()), features, cfg.cache,
             partition=(int(context.partition_key), cfg.cache.partitions) if partitions else None, log=context.log.info,
         )  # fmt: skip
@@ -194,17 +195,27 @@ def build(cfg: PipelineConfig, files: BirdnetFiles) -> list:
             },
         )
 
+    def pseudo_dirs(layout: DatasetLayout) -> tuple[str, ...]:
+        """`[pseudo] dirs` less the folder the layout knows as labelled soundscapes (validation
+        data, also when `[dataset]` names it), plus the layout's unlabeled folder when
+        `[dataset] unlabeled_soundscapes` names one of another name."""
+        dirs = [d for d in cfg.pseudo.dirs if layout.root / d != layout.labelled_soundscapes]
+        if cfg.dataset.unlabeled_soundscapes and layout.unlabeled_soundscapes.is_relative_to(layout.root):
+            dirs.append(layout.unlabeled_soundscapes.relative_to(layout.root).as_posix())
+        return tuple(dict.fromkeys(dirs))
+
     def pseudo_assets() -> list:
         @dg.asset(group_name="features", code_version=soundscapes_version, kinds={"onnx", "parquet"})
         def soundscape_embeddings(context: dg.AssetExecutionContext, dataset: Dataset) -> dg.Output[str]:
-            """BirdNET embeddings of the unlabeled soundscapes (`[pseudo] dirs`), which pseudo-labelling scores;
-            incremental and quarantining like the other caches."""
+            """BirdNET embeddings of the unlabeled soundscapes (`[pseudo] dirs` as the dataset's layout sees
+            them), which pseudo-labelling scores; incremental and quarantining like the other caches."""
             from birdpipe.features.cache import build_window_cache
             from birdpipe.training.pseudo import unlabeled_recordings
 
-            recordings = unlabeled_recordings(dataset.layout.root, cfg.pseudo.dirs)
+            layout = dataset.layout(cfg.dataset)
+            recordings = unlabeled_recordings(layout.root, pseudo_dirs(layout))
             features = featurizer(cfg, files)
-            report = build_window_cache(recordings, dataset.layout.root, dataset.soundscape_birdnet_dir(features.version()),
+            report = build_window_cache(recordings, layout.root, dataset.soundscape_birdnet_dir(features.version()),
                                         features, cfg.cache, log=context.log.info)  # fmt: skip
             folders = sorted({f.split("/")[0] for f in recordings["filename"]})
             return dg.Output(
@@ -229,8 +240,8 @@ def build(cfg: PipelineConfig, files: BirdnetFiles) -> list:
             out = dataset.work.stage("pseudo_labels", pseudo_version)
             heads0 = {int(f): {k: Path(p) for k, p in h.items()} for f, h in embedding_heads["heads"].items()}
             if not sound.keys.height:
-                context.log.warning(f"no soundscape windows to pseudo-label ({', '.join(cfg.pseudo.dirs)} under "
-                                    f"{dataset.layout.root}); the heads trained on labels alone go to the ensemble")  # fmt: skip
+                context.log.warning(f"no soundscape windows to pseudo-label ({', '.join(pseudo_dirs(dataset.layout(cfg.dataset)))} "
+                                    f"under {dataset.root}); the heads trained on labels alone go to the ensemble")  # fmt: skip
             rounds = run_rounds(train, sound, folds, train_metadata, classes, heads0, cfg.blend.members, cfg.pseudo, cfg.heads,
                                 cfg.blend.weight_grid, cfg.blend.shrink_grid, out, log=context.log.info) if sound.keys.height else []  # fmt: skip
             labels = atomic_write(out / "pseudo_labels.parquet", pseudo_label_frame(rounds, sound, classes).write_parquet)

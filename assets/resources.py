@@ -6,12 +6,14 @@ import dagster as dg
 
 from birdpipe.features.cache import cache_dir_for
 from birdpipe.features.config import MelConfig
-from birdpipe.paths import DatasetLayout, WorkLayout, default_data_root, default_work_root
+from birdpipe.data.config import DatasetConfig
+from birdpipe.data.layout import DatasetLayout, detect_layout
+from birdpipe.paths import WorkLayout, default_data_root, default_work_root
 from birdpipe.tracking import TrackingConfig
 
 
 class Dataset(dg.ConfigurableResource):
-    """A BirdCLEF-layout dataset root and the work folder of its outputs.
+    """A dataset root (any BirdCLEF year's layout) and the work folder of its outputs.
 
     Defaults come from $BIRDPIPE_DATA / $BIRDPIPE_WORK; run config overrides them
     (`resources: {dataset: {config: {root: ...}}}`).
@@ -20,9 +22,9 @@ class Dataset(dg.ConfigurableResource):
     root: str = str(default_data_root())
     work_root: str = str(default_work_root())
 
-    @property
-    def layout(self) -> DatasetLayout:
-        return DatasetLayout(Path(self.root))
+    def layout(self, cfg: DatasetConfig) -> DatasetLayout:
+        """The dataset's files as detected, with the config's `[dataset]` overrides."""
+        return detect_layout(Path(self.root), cfg)
 
     @property
     def work(self) -> WorkLayout:
@@ -53,6 +55,9 @@ class Tracking(dg.ConfigurableResource):
     registered_model: str = TrackingConfig().registered_model
     blend_model: str = TrackingConfig().blend_model
     model_alias: str = TrackingConfig().model_alias
+    connect_timeout_s: float = TrackingConfig().connect_timeout_s
+    http_retries: int = TrackingConfig().http_retries
+    http_timeout_s: float = TrackingConfig().http_timeout_s
 
     @classmethod
     def from_config(cls, cfg: TrackingConfig) -> "Tracking":
@@ -68,6 +73,9 @@ class Tracking(dg.ConfigurableResource):
             registered_model=f"{name}-{Path(dataset.root).resolve().name}",
             blend_model=self.blend_model,
             model_alias=self.model_alias,
+            connect_timeout_s=self.connect_timeout_s,
+            http_retries=self.http_retries,
+            http_timeout_s=self.http_timeout_s,
         )
 
 

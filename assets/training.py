@@ -80,7 +80,7 @@ def build(cfg: PipelineConfig, teacher_scores: str | None = None) -> list:
         parent_key = context.run.tags.get("dagster/backfill") or version(train_version, cache.digest, frame_digest(folds))
         parent = mlf.parent_run(trk, parent_key, "trained_model", {"birdpipe.train_version": train_version})
         teacher = pl.read_parquet(dataset.birdnet_scores(teacher_scores)) if teacher_scores else None
-        data = FoldData(cache, folds, train_metadata, taxonomy["primary_label"].to_list(), dataset.layout.train_audio, teacher)
+        data = FoldData(cache, folds, train_metadata, taxonomy["primary_label"].to_list(), dataset.layout(cfg.dataset).audio_dir, teacher)
         result = train_fold(
             data, fold, cfg.train, dataset.work.stage("trained_model", train_version) / f"fold-{fold}",
             FoldTracking(trk, tags, parent), log=context.log.info,

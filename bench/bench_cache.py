@@ -33,8 +33,9 @@ import time
 from datetime import date
 from pathlib import Path
 
+from docsection import publish
+
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Cache"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "xc-puerto-rico"
 METHODS = {"decode": "decode only (soundfile)", "notebook": "notebook loop (librosa + noisereduce, .npy per file)",
@@ -72,12 +73,14 @@ def _notebook_one(job: tuple[str, str]) -> float:
 
 
 def run_child(method: str, files: list[str], data: Path, workers: int) -> dict:
+    from birdpipe.data.layout import detect_layout
     from birdpipe.parallel import imap_unordered
 
     def fail(item, reason):
         raise RuntimeError(f"{item}: {reason}")
 
-    paths = [str(data / "train_audio" / f) for f in files]
+    audio_dir = detect_layout(data).audio_dir
+    paths = [str(audio_dir / f) for f in files]
     if method == "decode":
         return {"audio": sum(imap_unordered(_decode_one, paths, workers, on_failure=fail))}
     if method == "notebook":
@@ -195,18 +198,6 @@ def table(best: dict, args: argparse.Namespace, n_files: int, workers: int) -> s
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    """Replace (or append) this benchmark's section, leaving the others as they are."""
-    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
-    start = doc.find(SECTION + "\n")
-    if start < 0:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    else:
-        end = doc.find("\n## ", start + len(SECTION))
-        doc = doc[:start] + text + ("\n" + doc[end + 1 :] if end >= 0 else "")
-    DOC.write_text(doc)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BirdCLEF-layout dataset")
@@ -223,10 +214,10 @@ def main() -> None:
         return
 
     from birdpipe.data.metadata import read_recordings
+    from birdpipe.data.layout import detect_layout
     from birdpipe.parallel import resolve_workers
-    from birdpipe.paths import DatasetLayout
 
-    names = read_recordings(DatasetLayout(args.data))["filename"].to_list()
+    names = read_recordings(detect_layout(args.data))["filename"].to_list()
     files = names[: args.files or len(names)]
     workers = resolve_workers(args.workers)
     args.workers = workers
@@ -238,11 +229,7 @@ def main() -> None:
                   f"({r['audio'] / r['wall']:.0f}x), peak {r['peak_mb']:.0f} MB", flush=True)  # fmt: skip
             if method not in best or r["wall"] < best[method]["wall"]:
                 best[method] = r
-    text = table(best, args, len(files), workers)
-    print(text)
-    if not args.no_write:
-        write_section(text)
-        print(f"wrote {DOC.relative_to(ROOT)} {SECTION}")
+    publish(table(best, args, len(files), workers), SECTION, write=not args.no_write)
 
 
 if __name__ == "__main__":

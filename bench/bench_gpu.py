@@ -42,24 +42,24 @@ def build_data(work: Path, quick: bool, workers: int):
     """A synthetic dataset and its mel cache; returns (FoldData, classes)."""
     from birdpipe.config import CacheConfig, FoldConfig, MelConfig
     from birdpipe.data.folds import assign_folds
+    from birdpipe.data.layout import detect_layout
     from birdpipe.data.metadata import read_recordings
     from birdpipe.data.synth import SynthConfig, generate_dataset
     from birdpipe.features.cache import build_mel_cache
     from birdpipe.features.reader import MelCacheReader
-    from birdpipe.paths import DatasetLayout
     from birdpipe.training.loop import FoldData
 
     synth = SynthConfig(n_species=3, recordings_per_species=2, recording_seconds=6.0, n_soundscapes=0, n_unlabeled=0) if quick else \
         SynthConfig(n_species=16, recordings_per_species=24, recording_seconds=12.0, n_soundscapes=0, n_unlabeled=0)  # fmt: skip
     generate_dataset(work / "data", synth)
-    layout = DatasetLayout(work / "data")
+    layout = detect_layout(work / "data")
     recordings = read_recordings(layout)
     mel = MelConfig()
     cache = CacheConfig(workers=1 if quick else workers)  # quick: in process, no pool start-up
-    report = build_mel_cache(recordings, layout.train_audio, work / "cache", mel, cache, log=lambda _: None)
+    report = build_mel_cache(recordings, layout.audio_dir, work / "cache", mel, cache, log=lambda _: None)
     folds = assign_folds(recordings, FoldConfig(n_folds=2 if quick else 5))
     classes = sorted(recordings["primary_label"].unique().to_list())
-    return FoldData(MelCacheReader(report.cache_dir), folds, recordings, classes, layout.train_audio), report
+    return FoldData(MelCacheReader(report.cache_dir), folds, recordings, classes, layout.audio_dir), report
 
 
 def _sync(device) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -26,9 +25,8 @@ from birdpipe.config import MelConfig, ModelConfig
 from birdpipe.models.export import OnnxModel, export_onnx
 from birdpipe.models.predict import TorchPredictor
 from birdpipe.models.sed import build_model, model_meta
+from docsection import publish
 
-ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Inference"
 
 
@@ -89,15 +87,6 @@ def report(args: argparse.Namespace, result: dict) -> str:
     )
 
 
-def write_section(text: str, doc: Path = DOC) -> None:
-    """Replace (or append) only this benchmark's section; other sections stay as they are."""
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    old = doc.read_text() if doc.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _: text + "\n", old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    doc.write_text(new.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default=ModelConfig().backbone)
@@ -108,11 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-write", action="store_true", help="print only, leave docs/benchmarks.md alone")
     args = parser.parse_args(argv)
-    text = report(args, run(args))
-    print(text)
-    if not args.no_write:
-        write_section(text)
-    return 0
+    return publish(report(args, run(args)), SECTION, write=not args.no_write)
 
 
 if __name__ == "__main__":

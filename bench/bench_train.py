@@ -38,16 +38,16 @@ def prepare(data: Path | None, work: Path) -> tuple[Path, Path]:
     """A synthetic dataset (unless `data` is given) and its mel cache at the default MelConfig."""
     from birdpipe.features.cache import build_mel_cache
     from birdpipe.data.metadata import load_taxonomy, load_train_metadata
-    from birdpipe.paths import DatasetLayout
+    from birdpipe.data.layout import detect_layout
     from birdpipe.data.synth import SynthConfig, generate_dataset
 
     if data is None:
         data = work / "data"
         generate_dataset(data, SynthConfig(n_species=6, recordings_per_species=10, recording_seconds=20.0, n_soundscapes=0))
-    layout = DatasetLayout(data)
-    recordings = load_train_metadata(layout.train_metadata, load_taxonomy(layout.taxonomy)).recordings
+    layout = detect_layout(data)
+    recordings = load_train_metadata(layout.metadata, load_taxonomy(layout.taxonomy)).recordings
     cfg = PipelineConfig()
-    report = build_mel_cache(recordings, layout.train_audio, work / "cache", cfg.mel, cfg.cache, log=lambda m: None)
+    report = build_mel_cache(recordings, layout.audio_dir, work / "cache", cfg.mel, cfg.cache, log=lambda m: None)
     return data, report.cache_dir
 
 

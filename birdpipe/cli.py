@@ -41,19 +41,39 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     mel = config.mel if args.noise_reduce is None else config.mel.replace(noise_reduce=args.noise_reduce)
     cache = config.cache if args.workers is None else config.cache.replace(workers=args.workers)
 
-    from birdpipe.data.metadata import read_recordings
+    from birdpipe.data.layout import detect_layout
+    from birdpipe.data.metadata import read_metadata
     from birdpipe.features.cache import build_mel_cache
-    from birdpipe.paths import DatasetLayout
 
-    layout = DatasetLayout(Path(args.data))
-    recordings = read_recordings(layout)
-    if args.limit:
-        recordings = recordings.head(args.limit)
-    report = build_mel_cache(recordings, layout.train_audio, Path(args.out), mel, cache)
+    layout = detect_layout(Path(args.data), config.dataset)
+    meta = read_metadata(layout)
+    recordings = meta.recordings.head(args.limit) if args.limit else meta.recordings
+    report = build_mel_cache(recordings, layout.audio_dir, Path(args.out), mel, cache)
+    rows = meta.recordings.height + meta.quarantine.height
+    print(f"{layout.metadata}: {rows} rows, {meta.quarantine.height} quarantined")
+    for row, filename, reason in meta.quarantine.iter_rows():
+        print(f"  quarantined row {row} ({filename}): {reason}")
     print(report.summary())
     for filename, _, reason in report.quarantined.iter_rows():
         print(f"  quarantined {filename}: {reason}")
+    for filename, reason in report.damaged.iter_rows():
+        print(f"  damaged {filename}: {reason}")
     return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+
+    from birdpipe.data.layout import detect_layout
+    from birdpipe.data.validate import validate_dataset
+
+    layout = detect_layout(Path(args.data), config.dataset)
+    workers = config.cache.workers if args.workers is None else args.workers
+    report = validate_dataset(layout, workers=workers, timeout_s=config.cache.file_timeout_s, few_below=args.few)
+    print(report.summary(limit=args.limit))
+    if args.json:
+        print(json.dumps(report.to_dict(), ensure_ascii=False))
+    return 0 if report.trainable.height else 1
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
@@ -66,12 +86,13 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    sub_cfg = config.submission.replace(format=args.format or config.submission.format, batch_size=args.batch_size)
-    audio, out = Path(args.audio), Path(args.out)
+    from birdpipe.inference.formats import DEFAULT_FORMAT
 
-    from birdpipe.evaluation.thresholds import Thresholds
-    from birdpipe.inference.formats import load_scored_birds, raven_tables, write_submission
-    from birdpipe.inference.predict import predict_soundscapes
+    fmt = args.format or config.submission.format or DEFAULT_FORMAT
+    sub_cfg = config.submission.replace(format=fmt, batch_size=args.batch_size)
+    audio, out = Path(args.audio), Path(args.out)
+    report = Path(args.report) if args.report else out.with_name(f"{out.stem}.files.csv")
+
     from birdpipe.paths import list_audio
 
     files = [audio] if audio.is_file() else list_audio(audio) if audio.is_dir() else None
@@ -79,18 +100,43 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{audio}: no such audio file or folder")
     if not files:
         raise ValueError(f"{audio}: no audio files below it")
+    # Inputs are checked before the model libraries load (a minute on a busy machine).
+    if not args.model.startswith("models:/") and not Path(args.model).exists():
+        raise FileNotFoundError(f"{args.model}: no such model file or folder")
+    if args.thresholds and not Path(args.thresholds).is_file():
+        raise FileNotFoundError(f"{args.thresholds}: no such thresholds file")
+    if args.scored_birds and not Path(args.scored_birds).is_file():
+        raise FileNotFoundError(f"{args.scored_birds}: no such scored birds file")
+    if args.model.startswith("models:/"):
+        from birdpipe.tracking import check_store
+
+        check_store(config.tracking)
+
+    from birdpipe.evaluation.thresholds import Thresholds
+    from birdpipe.inference.formats import load_scored_birds, raven_tables, write_submission
+    from birdpipe.inference.predict import predict_soundscapes
+
     ensemble = _load_model(args.model, not args.no_onnx, sub_cfg.ensemble, config.tracking)
     th = Thresholds.from_json(args.thresholds) if args.thresholds else None
     if th is None and sub_cfg.format in ("2021", "2022"):
         print("no --thresholds given: deciding at 0.5 for every species", file=sys.stderr)
     preds = predict_soundscapes(ensemble, files, ensemble.mel, sub_cfg, skip_errors=True)
-    scored = load_scored_birds(sub_cfg.scored_birds) if sub_cfg.format == "2022" and sub_cfg.scored_birds else None
-    write_submission(preds, ensemble.classes, th, sub_cfg, out, scored_birds=scored)
+    scored = load_scored_birds(args.scored_birds) if sub_cfg.format == "2022" and args.scored_birds else None
+    write_submission(preds.windows, ensemble.classes, th, sub_cfg, out, scored_birds=scored)
+    preds.files.write_csv(report)
     if args.raven:
-        raven_tables(preds, ensemble.classes, th, Path(args.raven), ensemble.mel)
+        raven_tables(preds.windows, ensemble.classes, th, Path(args.raven), ensemble.mel)
     backend = "torch" if args.no_onnx else "onnxruntime"
     what = f"blend of {', '.join(ensemble.members)}" if hasattr(ensemble, "blend") else f"{len(ensemble.members)} fold model(s)"
-    print(f"{preds['soundscape_id'].n_unique()} files, {preds.height} windows, {what} ({backend}) -> {out} (format {sub_cfg.format})")
+    print(f"{preds.summary()}, {what} ({backend}) -> {out} (format {sub_cfg.format}); every file's status: {report}")
+    for path, status, reason, _, filled in preds.files.iter_rows():
+        if status != "ok":
+            print(f"  {status} {path}: {reason}" + (f" ({filled} window(s) predicted on silence)" if filled else ""))
+    skipped = preds.skipped.height
+    if skipped and not args.allow_skips:
+        print(f"birdpipe predict: error: {skipped} of {len(files)} file(s) skipped, their windows are missing from {out} "
+              "(listed above and in the report); --allow-skips accepts that", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 
@@ -127,8 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--soundscape-seconds", type=float, default=60.0)
     p.set_defaults(func=_cmd_synth)
 
+    p = sub.add_parser("validate", help="what a dataset folder holds and what of it is trainable (run this first)")
+    p.add_argument("--data", required=True, help="dataset root: any BirdCLEF year's download as it is")
+    p.add_argument("--json", action="store_true", help="print the whole report as one JSON object last")
+    p.add_argument("--workers", type=int, default=None, help="header-probe processes (default: config, 0 = all cores)")
+    p.add_argument("--few", type=int, default=5, help="list species with fewer trainable recordings than this")
+    p.add_argument("--limit", type=int, default=10, help="examples shown per problem")
+    p.add_argument("--config", default=None, help="TOML config; its [dataset] section overrides detection")
+    p.set_defaults(func=_cmd_validate)
+
     p = sub.add_parser("cache", help="build the mel / noise-reduced spectrogram cache")
-    p.add_argument("--data", required=True, help="BirdCLEF-layout dataset root")
+    p.add_argument("--data", required=True, help="dataset root (any BirdCLEF year's layout)")
     p.add_argument("--out", required=True, help="cache folder (a versioned subfolder is made)")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: config, 0 = all cores); 1 computes in this process, where a crashing decoder ends the run")
     p.add_argument("--limit", type=int, default=None, help="only the first N recordings")
@@ -146,11 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="checkpoint dir, or models:/name@alias")
     p.add_argument("--audio", required=True, help="audio file or folder")
     p.add_argument("--out", required=True)
-    p.add_argument("--format", default=None, help="2021, 2022 or 2023-2025 (default: config)")
+    p.add_argument("--format", default=None, help="2021, 2022 or 2023-2025 (default: config, else 2025)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-onnx", action="store_true", help="run torch even when ONNX is available")
     p.add_argument("--thresholds", default=None, help="thresholds.json for the 2021/2022 formats (default 0.5)")
+    p.add_argument("--scored-birds", default=None, help="2022 format: JSON list of the scored species (default: every class)")
     p.add_argument("--raven", default=None, help="also write a Raven selection table per file into this folder")
+    p.add_argument("--report", default=None, help="CSV of every file's status (ok / damaged / skipped) and reason (default: <out>.files.csv)")
+    p.add_argument("--allow-skips", action="store_true", help="exit 0 even when files could not be read (their windows are missing)")
     p.add_argument("--config", default=None)
     p.set_defaults(func=_cmd_predict)
     return parser
@@ -160,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # missing files, a full disk, an unreachable server, bad values
         print(f"birdpipe {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from birdpipe.data.config import FoldConfig
+from birdpipe.data.config import DatasetConfig, FoldConfig
 from birdpipe.evaluation.config import BlendConfig, ThresholdConfig
 from birdpipe.features.cache import cache_version
 from birdpipe.features.config import CacheConfig, MelConfig
@@ -35,7 +35,7 @@ from birdpipe.tracking import TrackingConfig
 from birdpipe.training.config import AugmentConfig, HeadConfig, PseudoLabelConfig, TrainConfig
 
 __all__ = [
-    "BirdnetConfig", "CacheConfig", "ConfigError", "FoldConfig", "MelConfig", "ModelConfig", "AugmentConfig", "PipelineConfig",
+    "BirdnetConfig", "CacheConfig", "ConfigError", "DatasetConfig", "FoldConfig", "MelConfig", "ModelConfig", "AugmentConfig", "PipelineConfig",
     "SubmissionConfig", "ThresholdConfig", "TrackingConfig", "TrainConfig", "load_config", "parse_config",
 ]  # fmt: skip
 
@@ -52,7 +52,8 @@ REVISIONS = {
     "trained_model": 1,
     "oof_predictions": 1,
     "thresholds": 1,
-    "submission": 1,
+    "submission": 2,
+    "soundscape_validation": 1,
     "birdnet_embeddings": 1,
     "embedding_heads": 1,
     "ensemble": 1,
@@ -67,6 +68,7 @@ class ConfigError(ValueError):
 
 
 class PipelineConfig(Section):
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     mel: MelConfig = Field(default_factory=MelConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     folds: FoldConfig = Field(default_factory=FoldConfig)
@@ -100,19 +102,20 @@ class PipelineConfig(Section):
 
 #: Sections each stage reads itself...
 _STAGE_INPUTS: dict[str, tuple[str, ...]] = {
-    "taxonomy": (),
-    "train_metadata": (),
-    "audio_manifest": (),
+    "taxonomy": ("dataset",),
+    "train_metadata": ("dataset",),
+    "audio_manifest": ("dataset",),
     "folds": ("folds",),
     "trained_model": ("train",),
     "oof_predictions": (),
     "thresholds": ("thresholds",),
-    "submission": ("submission", "blend"),
+    "submission": ("submission", "blend", "dataset"),
+    "soundscape_validation": ("submission", "blend", "dataset"),
     "birdnet_embeddings": ("birdnet",),
     "embedding_heads": ("birdnet", "heads"),
     "ensemble": ("blend", "birdnet"),
     "birdnet_scores": ("birdnet",),
-    "soundscape_embeddings": ("birdnet",),
+    "soundscape_embeddings": ("birdnet", "pseudo", "dataset"),
     "pseudo_labels": ("pseudo", "heads", "blend"),
 }
 #: ...and the stages whose versions its own folder must follow (a model trained on other
@@ -122,6 +125,7 @@ _STAGE_UPSTREAM: dict[str, tuple[str, ...]] = {
     "oof_predictions": ("trained_model",),
     "thresholds": ("oof_predictions",),
     "submission": ("thresholds", "ensemble"),
+    "soundscape_validation": ("thresholds", "ensemble"),
     "embedding_heads": ("folds", "birdnet_embeddings"),
     "ensemble": ("oof_predictions", "embedding_heads", "birdnet_scores"),
     "birdnet_scores": ("birdnet_embeddings",),

@@ -18,7 +18,6 @@ from pathlib import Path
 DATA_ENV = "BIRDPIPE_DATA"
 WORK_ENV = "BIRDPIPE_WORK"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SOUNDSCAPE_DIRS = ("test_soundscapes", "unlabeled_soundscapes", "train_soundscapes")
 AUDIO_SUFFIXES = (".ogg", ".mp3", ".wav", ".flac", ".oga", ".opus", ".m4a", ".aif", ".aiff")
 
 
@@ -28,34 +27,6 @@ def default_data_root() -> Path:
 
 def default_work_root() -> Path:
     return Path(os.environ.get(WORK_ENV, PROJECT_ROOT / "data" / "work"))
-
-
-@dataclass(frozen=True)
-class DatasetLayout:
-    """The files of a BirdCLEF-layout dataset."""
-
-    root: Path
-
-    @property
-    def train_metadata(self) -> Path:
-        return self.root / "train_metadata.csv"
-
-    @property
-    def taxonomy(self) -> Path:
-        return self.root / "taxonomy.csv"
-
-    @property
-    def train_audio(self) -> Path:
-        return self.root / "train_audio"
-
-    def soundscapes(self, subdir: str | None = None) -> Path | None:
-        """The soundscape folder to predict on: `subdir` if given, else the first present."""
-        if subdir:
-            path = self.root / subdir
-            if not path.is_dir():
-                raise FileNotFoundError(f"{path}: soundscape folder not found")
-            return path
-        return next((self.root / d for d in SOUNDSCAPE_DIRS if (self.root / d).is_dir()), None)
 
 
 @dataclass(frozen=True)
@@ -85,18 +56,20 @@ def file_digest(*paths: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def dataset_fingerprint(layout: DatasetLayout) -> str:
-    """Cheap change detector: metadata contents plus every audio file's name, size and mtime."""
-    h = hashlib.sha256(file_digest(layout.train_metadata, layout.taxonomy).encode())
-    for path in list_audio(layout.train_audio):
-        stat = path.stat()
-        h.update(f"{path.relative_to(layout.root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
-
-
 def list_audio(folder: Path) -> list[Path]:
     """Audio files below `folder`, sorted, by suffix."""
     return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+
+
+def inside(root: Path, name: str) -> Path:
+    """`root / name` for a file name read from a metadata file; ValueError when the name leads
+    out of `root` (an absolute path, or `..` past it), so metadata never makes birdpipe read
+    elsewhere. Decided on the name, not by resolving links: a symlink inside the folder was put
+    there by the dataset's owner."""
+    rel = os.path.normpath(name)
+    if os.path.isabs(rel) or rel == os.pardir or rel.startswith(os.pardir + os.sep):
+        raise ValueError(f"{name!r} leads outside the audio folder {root}")
+    return Path(root) / rel
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -108,6 +81,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk names the file it could not write
+        raise OSError(exc.errno, f"{path}: cannot write ({exc.strerror or exc})") from exc
     finally:
         tmp.unlink(missing_ok=True)
     return path

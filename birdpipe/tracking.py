@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from birdpipe.paths import PROJECT_ROOT
-from birdpipe.schema import Section, flatten
+from birdpipe.schema import NonNegativeInt, PositiveFloat, Section, flatten
 
 DEFAULT_DB = PROJECT_ROOT / "data" / "mlflow.db"
 MODEL_URI = re.compile(r"models:/(?P<name>[^@/]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))")
@@ -32,10 +32,44 @@ class TrackingConfig(Section):
     registered_model: str = "birdpipe-sed"
     blend_model: str = "birdpipe-blend"
     model_alias: str = "candidate"
+    #: Seconds a tracking server gets to answer the check at the start of a stage; an
+    #: unreachable server then fails the stage at once, naming the URI and the reason.
+    connect_timeout_s: PositiveFloat = 10.0
+    #: MLflow's retries of a failed request (MLFLOW_HTTP_REQUEST_MAX_RETRIES; its default of 7
+    #: with exponential backoff waits about 4 minutes on a server that went away).
+    http_retries: NonNegativeInt = 3
+    #: Seconds one MLflow request may take (MLFLOW_HTTP_REQUEST_TIMEOUT; MLflow's default is 120).
+    http_timeout_s: PositiveFloat = 60.0
 
 
 def tracking_uri(cfg: TrackingConfig) -> str:
     return cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}"
+
+
+def check_store(cfg: TrackingConfig) -> str:
+    """Point MLflow's HTTP retry budget at the config's and, for a tracking server, ask its
+    `/health` once with a short timeout; ConnectionError naming the URI and the reason when it
+    does not answer (instead of MLflow retrying silently for minutes). Returns the URI."""
+    import urllib.error
+    import urllib.request
+
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(cfg.http_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(cfg.http_timeout_s))
+    uri = tracking_uri(cfg)
+    if not uri.startswith(("http://", "https://")):
+        return uri
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=cfg.connect_timeout_s) as answer:
+            answer.read()
+    except urllib.error.HTTPError as exc:
+        raise ConnectionError(f"MLflow tracking server {uri} answered /health with HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConnectionError(
+            f"MLflow tracking server {uri} is unreachable: {reason} (no answer within {cfg.connect_timeout_s:g} s; "
+            "set [tracking] tracking_uri or $MLFLOW_TRACKING_URI)"
+        ) from None
+    return uri
 
 
 def artifact_root(uri: str) -> str | None:
@@ -49,7 +83,7 @@ def configure(cfg: TrackingConfig) -> str:
     """Point MLflow at the configured store and experiment; returns the experiment id."""
     import mlflow
 
-    uri = tracking_uri(cfg)
+    uri = check_store(cfg)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
@@ -212,7 +246,7 @@ def download_checkpoints(uri: str, cfg: TrackingConfig, dst_root: Path) -> list[
     m = MODEL_URI.fullmatch(uri)
     if not m:
         raise ValueError(f"{uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
-    store = tracking_uri(cfg)
+    store = check_store(cfg)
     client = mlflow.MlflowClient(store)
     name = m["name"]
     try:
@@ -283,7 +317,7 @@ def download_blend(uri: str, cfg: TrackingConfig, dst_root: Path) -> Path | None
     m = MODEL_URI.fullmatch(uri)
     if not m:
         raise ValueError(f"{uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
-    store = tracking_uri(cfg)
+    store = check_store(cfg)
     client = mlflow.MlflowClient(store)
     try:
         v = client.get_model_version(m["name"], m["version"]) if m["version"] else client.get_model_version_by_alias(m["name"], m["alias"])

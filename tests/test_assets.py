@@ -17,9 +17,16 @@ def test_a_changed_parameter_unsyncs_that_asset_and_the_stages_after_it():
     base = _versions(build_defs(parse_config({"mel": {"hop_length": 512}})))
     thresholds = _versions(build_defs(parse_config({"mel": {"hop_length": 512}, "thresholds": {"shrink_positives": 5}})))
     mel = _versions(build_defs(parse_config({"mel": {"hop_length": 320}})))
-    assert sorted(k for k in base if base[k] != thresholds[k]) == ["submission", "thresholds"]
+    assert sorted(k for k in base if base[k] != thresholds[k]) == ["soundscape_validation", "submission", "thresholds"]
     blend = ["ensemble"] if "ensemble" in base else []  # with BirdNET installed
-    assert sorted(k for k in base if base[k] != mel[k]) == sorted(["mel_cache", "oof_predictions", "submission", "thresholds", "trained_model", *blend])
+    after_cache = ["oof_predictions", "soundscape_validation", "submission", "thresholds", "trained_model", *blend]
+    assert sorted(k for k in base if base[k] != mel[k]) == sorted(["mel_cache", *after_cache])
+    dataset = _versions(build_defs(parse_config({"mel": {"hop_length": 512}, "dataset": {"metadata": "train.csv"}})))
+    # with BirdNET, the unlabeled soundscapes pseudo-labelling reads follow the layout too
+    pseudo = ["ensemble", "pseudo_labels", "soundscape_embeddings"] if "pseudo_labels" in base else []
+    assert sorted(k for k in base if base[k] != dataset[k]) == sorted(
+        ["audio_manifest", "soundscape_validation", "submission", "taxonomy", "train_metadata", *pseudo]
+    )
 
 
 def test_graph_lineage_matches_the_documented_chain():
@@ -33,6 +40,7 @@ def test_graph_lineage_matches_the_documented_chain():
     # thresholds calibrate on the blend's out-of-fold windows when BirdNET is installed
     assert parents["thresholds"] == (["ensemble"] if "ensemble" in parents else ["oof_predictions"])
     assert {"thresholds", "ensemble" if "ensemble" in parents else "trained_model"} <= set(parents["submission"])
+    assert parents["soundscape_validation"] == parents["submission"]
 
 
 def test_fold_training_is_partitioned_by_the_configs_folds_and_in_the_gpu_pool():

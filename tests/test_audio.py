@@ -149,3 +149,36 @@ def test_write_keeps_channels_and_short_signals(tmp_path):
     audio.write(tmp_path / "s.wav", stereo, SR, subtype="FLOAT")
     back, sr = sf.read(tmp_path / "s.wav", dtype="float32")
     assert sr == SR and np.array_equal(back, stereo)
+
+
+@pytest.mark.parametrize("fmt", ["ogg", "wav", "mp3"])
+def test_a_file_cut_short_is_flagged_damaged_with_the_seconds_lost(tmp_path, fmt):
+    # libsndfile reports a cut Ogg's or WAV's length from what is left, so only the header
+    # (WAV, MP3) or the missing end-of-stream page (Ogg) tells that audio is gone.
+    good = tmp_path / f"good.{fmt}"
+    sf.write(good, np.random.default_rng(4).uniform(-0.3, 0.3, int(5.6 * SR)).astype(np.float32), SR)
+    cut = tmp_path / f"cut.{fmt}"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size * 3 // 10])
+    assert not audio.probe(good).damaged
+    stream = audio.iter_blocks(cut, SR)
+    decoded = sum(len(b) for b in stream) / SR
+    assert stream.damaged and stream.reason.startswith("truncated"), stream.reason
+    assert 0.5 < decoded < 3.0
+    if fmt == "ogg":  # an Ogg stream states no length: the loss is named, its size unknown
+        assert "without its last page" in stream.reason
+    else:
+        assert f"{decoded:.2f} s of 5.60 s decoded, {5.6 - decoded:.2f} s lost" in stream.reason
+        assert stream.expected_seconds == pytest.approx(5.6, abs=0.01)
+        assert audio.probe(cut, decode=False).duration_s == pytest.approx(5.6, abs=0.01)
+
+
+def test_reasons_say_what_is_wrong_with_the_file(tmp_path):
+    (tmp_path / "text.mp3").write_text("hello, not a recording\n" * 20)
+    (tmp_path / "loop.ogg").symlink_to(tmp_path / "loop.ogg")
+    (tmp_path / "dangling.ogg").symlink_to(tmp_path / "gone.ogg")
+    (tmp_path / "folder.ogg").mkdir()
+    reasons = {p.name: audio.probe(p).reason for p in tmp_path.iterdir()}
+    assert reasons["text.mp3"] == "not decodable audio (no audio format recognised; it starts with b'hello, not a rec')"
+    assert reasons["loop.ogg"] == "cannot be opened: Too many levels of symbolic links"
+    assert reasons["dangling.ogg"] == f"broken symlink to {tmp_path / 'gone.ogg'}"
+    assert reasons["folder.ogg"] == "not a regular file"

@@ -318,7 +318,61 @@ def test_damaged_file_is_cached_as_far_as_it_decodes_and_flagged(tmp_path):
     (root / "aaa/bad.flac").write_bytes(bytes(data))
     recs = pl.DataFrame({"filename": ["aaa/bad.flac"], "primary_label": ["aaa"], "secondary_labels": [[]]})
     report = cache.build_mel_cache(recs, root, tmp_path / "c", MEL, ONE, log=lambda _: None)
-    assert report.damaged == 1 and report.quarantined.is_empty() and 0 < report.windows < 4
+    assert report.damaged["filename"].to_list() == ["aaa/bad.flac"] and report.quarantined.is_empty() and 0 < report.windows < 4
     assert "1 damaged" in report.summary()
     reader = MelCacheReader(report.cache_dir)
     assert reader.index["damaged"].to_list() == [True] and "decoding stopped" in reader.index["reason"][0]
+
+
+def test_cli_names_every_metadata_row_it_leaves_out_and_every_damaged_file(tmp_path, capsys):
+    """`birdpipe cache` once kept only the trainable rows and printed "0 quarantined"."""
+    from birdpipe.cli import main
+
+    root = tmp_path / "ds"
+    _write(root / "train_audio", "aaa/a1.ogg", 6.0, seed=1)
+    _write(root / "train_audio", "bbb/b1.wav", 6.0, seed=2)
+    (root / "train_audio/bbb/cut.wav").write_bytes((root / "train_audio/bbb/b1.wav").read_bytes()[:100_000])
+    _write(root, "outside.ogg", 2.0, seed=3)  # beside the audio folder: never to be read
+    (root / "taxonomy.csv").write_text("primary_label\naaa\nbbb\n")
+    (root / "train_metadata.csv").write_text(
+        "primary_label,secondary_labels,filename\n"
+        "aaa,[],aaa/a1.ogg\n"
+        "bbb,['aaa'],bbb/b1.wav\n"
+        "zzz,[],zzz/z1.ogg\n"  # unknown label
+        "bbb,\"['aaa'\",bbb/b2.ogg\n"  # malformed list
+        "aaa,[],aaa/a1.ogg\n"  # identical repeat
+        "aaa,[],../outside.ogg\n"
+        "aaa,[],../../../../etc/hostname\n"
+        "bbb,[],bbb/cut.wav\n"
+    )
+    cmd = ["cache", "--data", str(root), "--out", str(tmp_path / "out"), "--config", str(_config(tmp_path / "c.toml"))]
+    assert main([*cmd, "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "train_metadata.csv: 8 rows, 5 quarantined" in out, out
+    for row, name, reason in [
+        (2, "zzz/z1.ogg", "primary_label 'zzz' is not in the taxonomy"),
+        (3, "bbb/b2.ogg", "secondary_labels: "),
+        (4, "aaa/a1.ogg", "repeats row 0 (identical; that one is kept)"),
+        (5, "../outside.ogg", "filename leads outside the audio folder"),
+        (6, "../../../../etc/hostname", "filename leads outside the audio folder"),
+    ]:
+        assert f"  quarantined row {row} ({name}): {reason}" in out
+    assert "3 files" in out and "0 quarantined, 1 damaged" in out
+    assert "  damaged bbb/cut.wav: truncated: 1.56 s of 6.00 s decoded, 4.44 s lost" in out
+
+
+def test_the_cache_and_manifest_never_open_a_path_outside_the_audio_folder(data):
+    """The library guards its own joins too, for callers that skip metadata validation."""
+    from birdpipe.data.manifest import build_manifest
+
+    root, recs, _ = data
+    _write(root.parent, "outside.ogg", 2.0, seed=3)
+    names = ["../outside.ogg", str(root.parent / "outside.ogg"), "aaa/a1.ogg"]
+    escaping = pl.DataFrame({"filename": names, "primary_label": "aaa", "secondary_labels": [[]] * 3})
+    report = _build(data, escaping)
+    reasons = dict(report.quarantined.select("filename", "reason").iter_rows())
+    assert set(reasons) == set(names[:2]) and all("leads outside the audio folder" in r for r in reasons.values())
+    manifest = build_manifest(escaping, root, workers=1)
+    assert manifest["readable"].to_list() == [False, False, True]
+    assert manifest["size_bytes"][:2].to_list() == [None, None]  # not even stat'ed
+    assert "leads outside the audio folder" in manifest["reason"][0]

@@ -51,7 +51,7 @@ def test_partial_last_window_gets_a_row(tmp_path):
     for name, seconds in {"long": 23.4, "exact": 10.0, "short": 3.0}.items():
         sf.write(tmp_path / f"{name}.wav", rng.normal(0, 0.1, int(seconds * MEL.sample_rate)).astype(np.float32), MEL.sample_rate)
     files = sorted(tmp_path.glob("*.wav"))
-    preds = predict_soundscapes(ensemble, files, ensemble.mel, SubmissionConfig(), progress=False)
+    preds = predict_soundscapes(ensemble, files, ensemble.mel, SubmissionConfig(), progress=False).windows
     ends = {sid: part["end_seconds"].to_list() for (sid,), part in preds.group_by("soundscape_id")}
     assert ends == {"long": [5, 10, 15, 20, 25], "exact": [5, 10], "short": [5]}
     assert preds.columns == ["row_id", "soundscape_id", "end_seconds", *classes]
@@ -169,3 +169,83 @@ def test_predict_cli_errors(tmp_path, capsys):
     for args, message in cases:
         assert main([*base, *args]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_predict_fills_every_window_of_a_cut_file_and_fails_on_skipped_files(tmp_path, capsys):
+    """A cut file gets every window its header promises (the missing audio predicted as
+    silence, flagged); an unreadable file is skipped, named in the report, and fails the run
+    unless --allow-skips."""
+    classes = ["aaa", "bbb"]
+    model = _fold_dir(tmp_path / "model", classes, n_folds=1)
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    rng = np.random.default_rng(0)
+    sf.write(audio / "whole.wav", rng.normal(0, 0.1, 12 * MEL.sample_rate).astype(np.float32), MEL.sample_rate)
+    sf.write(tmp_path / "long.wav", rng.normal(0, 0.1, 23 * MEL.sample_rate).astype(np.float32), MEL.sample_rate)
+    (audio / "cut.wav").write_bytes((tmp_path / "long.wav").read_bytes()[: 8 * MEL.sample_rate * 2])  # 8 of 23 s
+    (audio / "text.wav").write_text("not a recording\n" * 40)
+    out = tmp_path / "sub.csv"
+    args = ["predict", "--model", str(model), "--audio", str(audio), "--out", str(out), "--format", "2025", "--no-onnx"]
+
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    sub = pl.read_csv(out)
+    assert np.isfinite(sub.select(classes).to_numpy()).all()  # silence is predicted, not NaN
+    rows = sub["row_id"].to_list()
+    assert rows == [f"cut_{e}" for e in (5, 10, 15, 20, 25)] + ["whole_5", "whole_10", "whole_15"]
+    assert "3 files (1 damaged, 1 skipped), 8 windows (4 predicted on silence where audio was missing)" in captured.out
+    assert f"  skipped {audio / 'text.wav'}: not decodable audio" in captured.out
+    assert f"  damaged {audio / 'cut.wav'}: truncated: " in captured.out and "(4 window(s) predicted on silence)" in captured.out
+    assert "1 of 3 file(s) skipped" in captured.err and "--allow-skips" in captured.err
+    report = pl.read_csv(tmp_path / "sub.files.csv")
+    assert dict(zip(report["path"], report["status"])) == {
+        str(audio / "cut.wav"): "damaged", str(audio / "text.wav"): "skipped", str(audio / "whole.wav"): "ok"
+    }
+    assert report["filled_windows"].to_list() == [4, 0, 0]
+    assert main([*args, "--allow-skips"]) == 0
+
+    (audio / "cut.wav").unlink()
+    (audio / "whole.wav").unlink()  # every file fails: no silent header-only success
+    assert main([*args, "--allow-skips"]) == 0 and main(args) == 1
+    assert "1 of 1 file(s) skipped" in capsys.readouterr().err
+
+
+def test_a_bad_model_path_fails_before_the_model_libraries_load(tmp_path):
+    """It took 48 s of imports to say "no such model"; now the inputs are checked first."""
+    import subprocess
+    import sys
+
+    sf.write(tmp_path / "a.wav", np.zeros(MEL.sample_rate, np.float32), MEL.sample_rate)
+    script = (
+        "import sys; from birdpipe.cli import main; "
+        f"code = main(['predict', '--model', '{tmp_path / 'nomodel'}', '--audio', '{tmp_path / 'a.wav'}', '--out', 'o.csv']); "
+        "heavy = sorted({'torch', 'onnxruntime', 'timm', 'mlflow'} & set(sys.modules)); print(code, heavy)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split("\n")[0] == "2 []", done.stdout + done.stderr
+    assert "nomodel: no such model file or folder" in done.stderr
+
+
+def test_an_unreachable_tracking_server_fails_at_once_naming_it(tmp_path, capsys, monkeypatch):
+    """MLflow retried an unreachable server for about 4 minutes without a word."""
+    import os
+    import socket
+    import time
+
+    from birdpipe.tracking import TrackingConfig, check_store
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match=f"MLflow tracking server {uri} is unreachable: .*refused"):
+        check_store(TrackingConfig(tracking_uri=uri, http_retries=1))
+    assert time.monotonic() - start < 5 and os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
+    config = tmp_path / "c.toml"
+    config.write_text(f'[tracking]\ntracking_uri = "{uri}"\nconnect_timeout_s = 2.0\n')
+    sf.write(tmp_path / "a.wav", np.zeros(MEL.sample_rate, np.float32), MEL.sample_rate)
+    code = main(["predict", "--model", "models:/sed@candidate", "--audio", str(tmp_path / "a.wav"), "--out", str(tmp_path / "o.csv"),
+                 "--config", str(config)])  # fmt: skip
+    assert code == 2 and f"MLflow tracking server {uri} is unreachable" in capsys.readouterr().err

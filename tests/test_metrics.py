@@ -167,6 +167,9 @@ def test_score_cli_prints_number_last(tmp_path, matrices, capsys):
         (lambda df: df.with_columns(pl.when(pl.col("row_id") == "s_15").then(float("nan")).otherwise(pl.col("aaa")).alias("aaa")), "column 'aaa' at row_id s_15"),
         (lambda df: pl.concat([df, df.head(1)]), "duplicated row_id s_5"),
         (lambda df: df.with_columns(pl.col("aaa").cast(pl.String) + "x"), "non-numeric values in column(s) aaa"),
+        (lambda df: df.with_columns(pl.when(pl.col("row_id") == "s_20").then(1.5).otherwise(pl.col("bbb")).alias("bbb")),
+         "probabilities outside [0, 1] in column(s) bbb at row_id s_20"),
+        (lambda df: df.with_columns(pl.col("ccc") - 2), "probabilities outside [0, 1] in column(s) ccc at row_id s_5"),
     ],
 )
 def test_score_files_bad_submission(tmp_path, matrices, edit, message):

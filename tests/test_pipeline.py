@@ -127,8 +127,9 @@ def test_bad_rows_and_files_are_quarantined_and_flagged_not_fatal(tiny_dataset, 
 
 
 def test_dataset_sensor_requests_a_run_only_when_the_data_changes(tiny_dataset, tmp_path):
-    from assets.sensors import dataset_changed
+    from assets.sensors import build_sensor
 
+    dataset_changed = build_sensor(CONFIG)
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)
     resources = {"dataset": Dataset(root=str(data), work_root=str(tmp_path / "work"))}
@@ -143,7 +144,7 @@ def test_dataset_sensor_requests_a_run_only_when_the_data_changes(tiny_dataset, 
 
 @pytest.mark.slow
 def test_a_dataset_without_soundscapes_runs_green_and_skips_the_submission(tiny_dataset, tmp_path, capsys):
-    from assets.demo import report, skipped_submission
+    from assets.demo import report, skipped
 
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data, ignore=shutil.ignore_patterns("*soundscape*"))
@@ -159,7 +160,7 @@ def test_a_dataset_without_soundscapes_runs_green_and_skips_the_submission(tiny_
     materialized = {e.asset_key.path[-1] for e in evaluation.get_asset_materialization_events()}
     assert materialized - {"embedding_heads", "ensemble"} == {"oof_predictions", "thresholds"}  # BirdNET's when installed
     assert not [e for e in evaluation.get_asset_check_evaluations() if e.asset_key == dg.AssetKey("submission")]
-    reason = skipped_submission(evaluation)
+    reason = skipped(evaluation)
     assert reason and "no soundscape folder" in reason
     kind = "blend" if "ensemble" in materialized else "sed"  # the blend when BirdNET is installed
     assert f"birdpipe predict --model models:/birdpipe-{kind}-{data.name}@candidate --audio DIR" in reason

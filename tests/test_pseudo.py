@@ -26,6 +26,22 @@ def test_unlabeled_soundscapes_exclude_2021s_labelled_train_soundscapes(tmp_path
     assert unlabeled_recordings(tmp_path / "nowhere", dirs).height == 0
 
 
+def test_an_empty_soundscape_cache_has_no_windows_to_label(tmp_path):
+    """A dataset without unlabeled soundscapes (2021's are labelled): pseudo_labels keeps round 0's heads."""
+    from types import SimpleNamespace
+
+    from birdpipe.config import CacheConfig, MelConfig
+    from birdpipe.evaluation.members import cached_birdnet_windows
+    from birdpipe.features.cache import build_mel_cache
+    from birdpipe.features.reader import WindowCacheReader
+
+    report = build_mel_cache(unlabeled_recordings(tmp_path, ("unlabeled_soundscapes",)), tmp_path, tmp_path / "cache",
+                             MelConfig(), CacheConfig(workers=1), log=lambda m: None)  # fmt: skip
+    sound = cached_birdnet_windows(WindowCacheReader(report.cache_dir), 5.0, None, SimpleNamespace(classes=CLASSES))
+    assert sound.keys.height == 0 and sound.zero_shot.shape == (0, len(CLASSES))
+    assert pseudo_label_frame([], sound, CLASSES).height == 0
+
+
 def test_confident_windows_become_soft_targets():
     teacher = np.array([[0.9, 0.2, np.nan], [0.3, 0.4, np.nan], [np.nan, 0.6, 0.1]])
     mask, y = pseudo_targets(teacher, PseudoLabelConfig(min_confidence=0.5, power=2.0))

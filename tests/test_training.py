@@ -169,15 +169,15 @@ def test_trains_on_the_real_mel_cache_with_a_worker(tmp_path):
     from birdpipe.data.folds import assign_folds
     from birdpipe.config import CacheConfig, FoldConfig
     from birdpipe.data.metadata import load_taxonomy, load_train_metadata
-    from birdpipe.paths import DatasetLayout
+    from birdpipe.data.layout import detect_layout
     from birdpipe.data.synth import SynthConfig, generate_dataset
 
-    layout = DatasetLayout(tmp_path / "data")
-    generate_dataset(layout.root, SynthConfig(n_species=3, recordings_per_species=4, recording_seconds=8.0, n_soundscapes=0, n_unlabeled=0))
+    generate_dataset(tmp_path / "data", SynthConfig(n_species=3, recordings_per_species=4, recording_seconds=8.0, n_soundscapes=0, n_unlabeled=0))
+    layout = detect_layout(tmp_path / "data")
     classes = load_taxonomy(layout.taxonomy)["primary_label"].to_list()
-    recordings = load_train_metadata(layout.train_metadata, load_taxonomy(layout.taxonomy)).recordings
+    recordings = load_train_metadata(layout.metadata, load_taxonomy(layout.taxonomy)).recordings
     mel = MelConfig(n_mels=32, hop_length=2560, noise_reduce=False)
-    report = build_mel_cache(recordings, layout.train_audio, tmp_path / "cache", mel, CacheConfig(workers=1), log=lambda m: None)
+    report = build_mel_cache(recordings, layout.audio_dir, tmp_path / "cache", mel, CacheConfig(workers=1), log=lambda m: None)
     cache = MelCacheReader(report.cache_dir)
     folds = assign_folds(recordings, FoldConfig(n_folds=2))
     result = train_fold(FoldData(cache, folds, recordings, classes), 0, _cfg(epochs=1, num_workers=1), tmp_path / "out", log=lambda m: None)

@@ -3,8 +3,9 @@
 Every format goes through soundfile/libsndfile (ogg, mp3, wav, flac, ...), with audioread
 only as a fallback for what libsndfile cannot open. Decoding is streamed in blocks so a
 2-hour recording never sits in memory at its native rate; resampling is streamed too
-(soxr). A file that breaks mid-stream keeps what was decoded and is flagged `damaged`; a
-file that yields no usable audio raises `AudioError` with the reason, for quarantine.
+(soxr). A file that breaks mid-stream, or ends before the length its header promises, keeps
+what was decoded and is flagged `damaged` with the seconds lost; a file that yields no usable
+audio raises `AudioError` with the reason, for quarantine.
 
 Writing goes through `write`, one second per libsndfile call: libvorbis overflows its
 stack (SIGSEGV) when one call hands it minutes of audio to encode.
@@ -12,6 +13,7 @@ stack (SIGSEGV) when one call hands it minutes of audio to encode.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +27,9 @@ import soxr
 READ_FRAMES = 1 << 16
 #: Seconds of audio per libsndfile write call (libvorbis crashes on one call of ~10 minutes).
 WRITE_SECONDS = 1.0
+#: Formats whose header states the exact length (mutagen reads it): libsndfile clips a cut
+#: WAV's length to the bytes present, so only the header tells what is missing.
+EXACT_LENGTH_HEADERS = ("WAVE", "AIFF", "FLAC")
 
 
 class AudioError(Exception):
@@ -54,7 +59,7 @@ class _Source:
     def __init__(self, path: Path):
         self.path = path
         if not path.is_file():
-            raise AudioError(path, "missing")
+            raise AudioError(path, _not_a_file(path))
         if path.stat().st_size == 0:
             raise AudioError(path, "empty file (0 bytes)")
         try:
@@ -82,7 +87,7 @@ class _Source:
                 if left <= 0:
                     return
         except (sf.LibsndfileError, RuntimeError, EOFError, OSError) as exc:
-            self.damage = f"decoding stopped early: {str(exc)[:120]}"
+            self.damage = str(exc)[:120]
         finally:
             self.close()
 
@@ -110,6 +115,13 @@ class _Source:
     def close(self) -> None:
         (self._sf or self._ar).close()
 
+    def expected(self) -> tuple[float, bool]:
+        """Seconds the file should hold (0: unknown), what a short read is measured against, and
+        whether it is an Ogg stream cut before its last page. Reads the header again (mutagen),
+        so only whole-file reads pay for it, not crops."""
+        header_seconds, ogg_cut = _header(self.path)
+        return max(self.frames / self.sample_rate if self.frames else 0.0, header_seconds), ogg_cut
+
 
 def _audioread_open(path: Path, sf_error: Exception):
     """Fallback decoder; its failure reports libsndfile's reason, the more telling one."""
@@ -120,7 +132,44 @@ def _audioread_open(path: Path, sf_error: Exception):
 
             return audioread.audio_open(str(path))
     except Exception:  # noqa: BLE001 - any backend failure means "not decodable here"
-        raise AudioError(path, f"not decodable audio ({str(sf_error).splitlines()[0][:120]})") from None
+        raise AudioError(path, _undecodable(path, sf_error)) from None
+
+
+def _undecodable(path: Path, sf_error: Exception) -> str:
+    """libsndfile's reason without the path; for a file it has no decoder for (a text file
+    named .mp3) it says "File does not exist", so the file's first bytes are shown instead."""
+    message = str(sf_error).splitlines()[0].split(": ", 1)[-1]
+    if "does not exist" in message or "not recognised" in message:
+        with open(path, "rb") as f:
+            message = f"no audio format recognised; it starts with {f.read(16)!r}"
+    return f"not decodable audio ({message[:120]})"
+
+
+def _not_a_file(path: Path) -> str:
+    """Why `path` is not a regular file: missing, a broken symlink, a loop, a folder."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return f"broken symlink to {os.readlink(path)}" if path.is_symlink() else "missing"
+    except OSError as exc:
+        return f"cannot be opened: {exc.strerror}"  # a symlink loop: "Too many levels of symbolic links"
+    return "not a regular file"
+
+
+def _header(path: Path) -> tuple[float, bool]:
+    """The length an exact header states (0 when none does) and whether an Ogg stream lacks its
+    end page (a cut Ogg states no length: libsndfile takes it from the last page present)."""
+    import mutagen
+    from mutagen.ogg import OggFileType, OggPage
+
+    try:
+        meta = mutagen.File(path)
+        if isinstance(meta, OggFileType):
+            with open(path, "rb") as f:
+                return 0.0, not OggPage.find_last(f, meta.info.serial).last
+        return (meta.info.length if type(meta).__name__ in EXACT_LENGTH_HEADERS else 0.0), False
+    except (mutagen.MutagenError, OSError, ValueError, AttributeError):
+        return 0.0, False  # no header to check against; decoding alone decides
 
 
 def _mono(data: np.ndarray) -> np.ndarray:
@@ -140,6 +189,8 @@ class AudioStream:
         self.block = max(1, int(round(block_seconds * sr)))
         self.damaged = False
         self.reason: str | None = None
+        #: Seconds the header promises (0: unknown), set after iteration.
+        self.expected_seconds = 0.0
         self.samples = 0
         self.source_rate = 0
         self.channels = 0
@@ -164,11 +215,18 @@ class AudioStream:
 
     def _finish(self, src: _Source) -> None:
         if self.samples == 0:
-            raise AudioError(self.path, src.damage or "no audio frames (zero length)")
-        expected = src.frames * self.sr / src.sample_rate if src.frames else 0
-        if src.damage is None and expected and self.samples < expected - 1 - self.sr * 0.001:
-            src.damage = f"truncated: {self.samples / self.sr:.2f}s of {expected / self.sr:.2f}s decoded"
-        self.damaged, self.reason = src.damage is not None, src.damage
+            raise AudioError(self.path, f"decoding failed: {src.damage}" if src.damage else "no audio frames (zero length)")
+        expected, ogg_cut = src.expected()
+        self.expected_seconds, decoded = expected, self.samples / self.sr
+        short = expected and decoded < expected - 0.001 - 1 / self.sr
+        of = f"{decoded:.2f} s of {expected:.2f} s decoded, {expected - decoded:.2f} s lost" if short else f"{decoded:.2f} s decoded"
+        if src.damage is not None:
+            self.reason = f"decoding stopped early ({of}): {src.damage}"
+        elif short:
+            self.reason = f"truncated: {of}"
+        elif ogg_cut:
+            self.reason = f"truncated: the Ogg stream ends without its last page after {decoded:.2f} s (the rest is lost, its length unknown)"
+        self.damaged = self.reason is not None
 
 
 def _resampled(blocks: Iterator[np.ndarray], in_rate: int, out_rate: int) -> Iterator[np.ndarray]:
@@ -231,7 +289,8 @@ def probe(path: str | Path, decode: bool = True) -> AudioInfo:
     path = Path(path)
     try:
         src = _Source(path)
-        rate, channels, frames = src.sample_rate, src.channels, src.frames
+        rate, channels = src.sample_rate, src.channels
+        frames = max(src.frames, round(src.expected()[0] * rate))
         if decode:
             stream = AudioStream(path, rate, block_seconds=600.0)
             for _ in stream:

@@ -1,6 +1,7 @@
 """The audio manifest: what every recording of the metadata holds on disk, or why it cannot
-be read. Probing decodes each file through (in parallel) because damaged frames and NaNs
-only show when decoding."""
+be read. The pipeline's probe decodes each file through (in parallel) because damaged frames
+and NaNs only show when decoding; `birdpipe validate` reads headers only, for a first look
+at a new dataset in seconds."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import polars as pl
 
 from birdpipe.data.audio import AudioInfo, probe
 from birdpipe.parallel import imap_unordered, inject_fault
+from birdpipe.paths import inside
 
 MANIFEST_SCHEMA = {
     "filename": pl.String,
@@ -27,18 +29,18 @@ MANIFEST_SCHEMA = {
 }
 
 
-def _probe_row(args: tuple[str, str]) -> dict[str, Any]:
+def _probe_row(args: tuple[str, str, bool]) -> dict[str, Any]:
     inject_fault(args[0])
-    return _row(args, probe(Path(args[1])))
+    return _row(args, probe(Path(args[1]), decode=args[2]))
 
 
-def _failed_row(args: tuple[str, str], reason: str) -> dict[str, Any]:
+def _failed_row(args: tuple[str, str, bool], reason: str) -> dict[str, Any]:
     """The row of a file whose probe killed or hung its worker process."""
     return _row(args, AudioInfo(args[1], False, reason, 0.0, 0, 0, 0, False))
 
 
-def _row(args: tuple[str, str], info: AudioInfo) -> dict[str, Any]:
-    filename, path = args
+def _row(args: tuple[str, str, bool], info: AudioInfo) -> dict[str, Any]:
+    filename, path, _ = args
     p = Path(path)
     stat = p.stat() if p.is_file() else None
     return {
@@ -56,11 +58,19 @@ def _row(args: tuple[str, str], info: AudioInfo) -> dict[str, Any]:
     }
 
 
-def build_manifest(metadata: pl.DataFrame, audio_root: Path, workers: int = 0, timeout_s: float | None = None) -> pl.DataFrame:
+def build_manifest(
+    metadata: pl.DataFrame, audio_root: Path, workers: int = 0, timeout_s: float | None = None, decode: bool = True
+) -> pl.DataFrame:
     """One row per metadata row (same order); a bad file gets readable=False and a reason,
-    also one whose decoder kills its worker process or runs past `timeout_s`."""
+    also one whose decoder kills its worker process or runs past `timeout_s`.
+    `decode=False` reads headers only (damage inside the stream goes unseen)."""
     filenames = metadata["filename"].to_list()
-    jobs = [(f, str(Path(audio_root) / f)) for f in filenames]
+    jobs, rows = [], {}
+    for f in filenames:
+        try:
+            jobs.append((f, str(inside(Path(audio_root), f)), decode))
+        except ValueError as exc:  # never opened: no stat, no probe
+            rows[f] = {**dict.fromkeys(MANIFEST_SCHEMA), "filename": f, "exists": False, "readable": False, "reason": str(exc), "damaged": False}
     probed = imap_unordered(_probe_row, jobs, workers, on_failure=_failed_row, timeout_s=timeout_s)
-    rows = {r["filename"]: r for r in probed}
+    rows |= {r["filename"]: r for r in probed}
     return pl.DataFrame([rows[f] for f in filenames], schema=MANIFEST_SCHEMA)

@@ -56,7 +56,11 @@ def birdnet_windows(
 def cached_birdnet_windows(
     reader: WindowCacheReader, window_seconds: float, classifier: BirdnetClassifier, species: SpeciesMap
 ) -> BirdnetWindows:
-    """`birdnet_windows` of every recording in a BirdNET embeddings cache."""
+    """`birdnet_windows` of every recording in a BirdNET embeddings cache (none for an empty
+    cache: a dataset without unlabeled soundscapes has nothing to pseudo-label)."""
+    if not len(reader):
+        keys = pl.DataFrame(schema={"filename": pl.String, "window_index": pl.Int64})
+        return BirdnetWindows(keys, np.zeros((0, 0), np.float32), np.zeros((0, len(species.classes)), np.float32))
     windows = reader.windows
     emb = reader.array(windows["row"].to_numpy(), "embedding")
     return birdnet_windows(windows["filename"].to_list(), windows["start_seconds"].to_numpy(), emb, window_seconds, classifier, species)

@@ -280,6 +280,10 @@ def _wide_matrices(solution: pl.DataFrame, submission: pl.DataFrame) -> tuple[np
     y_true = sol.select(species).to_numpy().astype(np.float64)
     if not np.isin(y_true, (0, 1)).all():
         raise ValueError("solution: species columns must hold 0/1 labels")
+    outside = sub.filter(pl.any_horizontal((pl.col(c) < 0) | (pl.col(c) > 1) for c in species))
+    if outside.height:
+        columns = [c for c in species if ((outside[c] < 0) | (outside[c] > 1)).any()]
+        raise ValueError(f"submission: probabilities outside [0, 1] in column(s) {_names(columns)} at row_id {_names(outside[ROW_ID])}")
     return y_true, sub.select(species).to_numpy().astype(np.float64)
 
 

@@ -46,11 +46,12 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from birdpipe.data import audio
 from birdpipe.features.config import CacheConfig, MelConfig
 from birdpipe.features.featurizer import Featurizer, MelFeatures, cache_version, content_hash
 from birdpipe.features.featurizer import compute_recording as _compute
 from birdpipe.parallel import imap_unordered
-from birdpipe.paths import atomic_write
+from birdpipe.paths import atomic_write, inside
 
 INDEX_SCHEMA = {
     "filename": pl.String,
@@ -99,10 +100,10 @@ class CacheReport:
     removed: int
     wall_seconds: float
     digest: str
+    #: Cached recordings that decoded only partly (kept, flagged in the index): filename, reason.
+    damaged: pl.DataFrame
     #: Audio decoded and transformed by this run (the throughput's numerator).
     computed_seconds: float = 0.0
-    #: Cached recordings that decoded only partly (kept, flagged in the index).
-    damaged: int = 0
 
     @property
     def throughput(self) -> float:
@@ -113,7 +114,7 @@ class CacheReport:
         rate = self.throughput
         return (
             f"{self.cache_dir}: {self.files} files, {self.audio_seconds:.1f} s audio, {self.windows} windows, "
-            f"{self.quarantined.height} quarantined, {self.damaged} damaged; recomputed {self.recomputed}, reused {self.reused}, "
+            f"{self.quarantined.height} quarantined, {self.damaged.height} damaged; recomputed {self.recomputed}, reused {self.reused}, "
             f"removed {self.removed}; {self.wall_seconds:.1f} s wall, {rate:.0f} audio-s/s"
         )
 
@@ -275,13 +276,17 @@ def _plan(builder: _Builder, recs: pl.DataFrame, audio_root: Path) -> tuple[list
     for f in removed:
         del builder.entries[f]
     for filename, primary, secondary in recs.select("filename", *LABELS).iter_rows():
-        path = audio_root / filename
-        stat = _stat(path)
         old = builder.entries.get(filename)
         e = builder.entries.setdefault(filename, {**dict.fromkeys(INDEX_SCHEMA), "filename": filename})
         e.update(primary_label=primary, secondary_labels=list(secondary or []))
+        try:
+            path = inside(audio_root, filename)
+            stat, refused = _stat(path), None
+        except ValueError as exc:
+            stat, refused = None, str(exc)
         if stat is None:
-            e.update(size_bytes=None, mtime_ns=None, content_hash=None, status="quarantined", reason="missing",
+            reason = refused or audio.probe(path, decode=False).reason  # missing, a broken link, ...
+            e.update(size_bytes=None, mtime_ns=None, content_hash=None, status="quarantined", reason=reason,
                      n_windows=0, shard=None, shard_row=None)  # fmt: skip
             continue
         same = old is not None and (old["size_bytes"], old["mtime_ns"]) == stat
@@ -355,7 +360,7 @@ def build_window_cache(
         wall_seconds=time.perf_counter() - t0,
         digest=digest(index, featurizer.version()),
         computed_seconds=computed,
-        damaged=int(ok["damaged"].sum()),
+        damaged=ok.filter(pl.col("damaged")).select("filename", "reason"),
     )
 
 

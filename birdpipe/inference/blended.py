@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from birdpipe.data.audio import iter_blocks
+from birdpipe.data.audio import AudioStream, iter_blocks
 from birdpipe.evaluation.blend import Blend
 from birdpipe.features.config import MelConfig
 from birdpipe.evaluation.members import birdnet_windows
 from birdpipe.inference.blend_graph import MEMBER_INPUTS, BlendSession, export_blend
 from birdpipe.inference.ensemble import Ensemble, load_ensemble
-from birdpipe.inference.predict import predict_file
+from birdpipe.inference.predict import FLAG_COLUMNS, flags, padded, predict_file
 from birdpipe.models import birdnet as bn
 from birdpipe.models.heads import Head
 
@@ -68,7 +68,8 @@ class BlendedModel:
         return self.sed.mel if self.sed else MelConfig()
 
     def predict_file(self, path: Path, batch_size: int = 64) -> pl.DataFrame:
-        """soundscape_id, end_seconds and one blended probability column per class, per 5 s window."""
+        """soundscape_id, end_seconds, one blended probability column per class and the flags of
+        `inference.predict.FLAG_COLUMNS`, per 5 s window."""
         from birdpipe.inference.config import SubmissionConfig
 
         sub_cfg = SubmissionConfig(batch_size=batch_size)
@@ -76,16 +77,16 @@ class BlendedModel:
         frame = predict_file(self.sed, path, self.sed.mel, sub_cfg) if self.sed else None
         n = frame.height if frame is not None else None
         if self.birdnet is not None:
-            windows, zero_shot, embeddings = self._birdnet_windows(path)
+            windows, zero_shot, embeddings, stream = self._birdnet_windows(path)
             n = n or len(windows)
             feeds["zero_shot"], feeds["embedding"] = _fit(zero_shot, n), _fit(embeddings, n)
         if frame is not None:
             feeds["sed"] = frame.select(self.classes).to_numpy()
         else:
             ends = (np.arange(n) + 1) * 5
-            frame = pl.DataFrame({"soundscape_id": [path.stem] * n, "end_seconds": ends})
+            frame = pl.DataFrame({"soundscape_id": [path.stem] * n, "end_seconds": ends}).hstack(flags(stream, ends - 5.0, 5.0))
         probs = self.graph.run(feeds) if self.graph else self.blend_numpy(feeds)
-        return frame.select("soundscape_id", "end_seconds").hstack(pl.DataFrame(probs, schema=self.classes))
+        return frame.select("soundscape_id", "end_seconds").hstack(pl.DataFrame(probs, schema=self.classes)).hstack(frame.select(*FLAG_COLUMNS))
 
     def blend_numpy(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
         """What the blend graph computes, in numpy: fold heads averaged, members weighed."""
@@ -94,16 +95,18 @@ class BlendedModel:
             members[kind] = np.mean([h.predict(feeds["embedding"]) for h in heads], axis=0)
         return self.blend.apply(members)
 
-    def _birdnet_windows(self, path: Path) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
+    def _birdnet_windows(self, path: Path) -> tuple[pl.DataFrame, np.ndarray, np.ndarray, AudioStream]:
+        """BirdNET's windows, zero-shot scores and embeddings, and the stream (damage); missing
+        audio up to the header's length is silence, as for the SED members."""
         stream = iter_blocks(path, bn.SAMPLE_RATE)
         embeddings, starts = [], []
-        for chunks, first in bn._stream_chunks(stream, self.hop_seconds):
+        for chunks, first in bn._stream_chunks(padded(stream), self.hop_seconds):
             embeddings.append(self.birdnet.run(chunks)[0])
             starts.append(first / bn.SAMPLE_RATE)
         emb, starts = np.concatenate(embeddings), np.concatenate(starts)
         species = bn.SpeciesMap(self.classes, self.birdnet_index, {})
         w = birdnet_windows([path.name] * len(emb), starts, emb, 5.0, self.classifier, species)
-        return w.keys, w.zero_shot, w.embedding
+        return w.keys, w.zero_shot, w.embedding, stream
 
 
 def _fit(values: np.ndarray, n: int) -> np.ndarray:

@@ -10,17 +10,16 @@ from birdpipe.schema import PositiveInt, Section
 
 
 class SubmissionConfig(Section):
-    #: `inference.formats.FORMATS`: "2021" row_id,birds; "2022" row_id,target; "2023"-"2025" probabilities.
-    format: FORMATS.choice() = "2025"
+    #: `inference.formats.FORMATS`: "2021" row_id,birds; "2022" row_id,target; "2023"-"2025"
+    #: probabilities. Unset: the format of the dataset's year (`DatasetLayout.submission_format`).
+    format: FORMATS.choice() | None = None
     #: How fold models' probabilities combine (`inference.ensemble.COMBINATIONS`).
     ensemble: COMBINATIONS.choice() = "mean"
     #: Kernel smoothing probabilities across neighbouring windows; empty disables it.
     smoothing: tuple[float, ...] = ()
-    #: Soundscape folder relative to the dataset root; default: the first that exists of
+    #: Soundscape folder relative to the dataset root; default: the first that holds audio of
     #: test_soundscapes, unlabeled_soundscapes, train_soundscapes.
     soundscape_dir: str | None = None
-    #: 2022 format: JSON list of scored species, relative to the dataset root.
-    scored_birds: str | None = None
     batch_size: PositiveInt = 64
     use_onnx: bool = True
     raven_tables: bool = True

@@ -23,6 +23,7 @@ import numpy as np
 import polars as pl
 
 from birdpipe.evaluation.metrics import NOCALL
+from birdpipe.paths import atomic_write
 from birdpipe.evaluation.thresholds import Thresholds
 from birdpipe.features.config import MelConfig
 from birdpipe.registry import Registry
@@ -68,6 +69,27 @@ class SubmissionFormat:
 
 #: Submission layouts by competition year: `[submission] format`, `birdpipe predict --format`.
 FORMATS: Registry[SubmissionFormat] = Registry("submission format")
+#: The format of `birdpipe predict` without `--format` or `[submission] format`: the latest year's.
+DEFAULT_FORMAT = "2025"
+
+
+@dataclass(frozen=True)
+class SubmissionTemplate:
+    """What the dataset itself says a submission looks like, where it says it."""
+
+    #: Class columns in `sample_submission.csv` order (the probability formats).
+    columns: tuple[str, ...] | None = None
+    #: Row ids of 2022's `test.csv`, in order (the per-scored-bird format).
+    row_ids: tuple[str, ...] | None = None
+
+    def classes(self, model_classes: Sequence[str]) -> list[str]:
+        """The model's classes in the template's column order; a mismatch fails naming the difference."""
+        if self.columns is None:
+            return list(model_classes)
+        extra, lacking = sorted(set(self.columns) - set(model_classes)), sorted(set(model_classes) - set(self.columns))
+        if extra or lacking:
+            raise ValueError(f"sample submission columns differ from the model's classes: not in the model {extra[:5]}, not in the template {lacking[:5]}")
+        return list(self.columns)
 
 
 def window_row_id() -> pl.Expr:
@@ -151,9 +173,12 @@ def columns(fmt: str, classes: Sequence[str]) -> list[str]:
     return FORMATS.get(fmt).columns(classes)
 
 
-def expected_rows(n_windows: int, fmt: str, n_scored: int) -> int:
-    """Rows of a submission of `n_windows` windows (2022: one per window and scored bird)."""
-    return n_windows * n_scored if FORMATS.get(fmt).per_scored_bird else n_windows
+def expected_rows(n_windows: int, fmt: str, n_scored: int, template_rows: int | None = None) -> int:
+    """Rows of a submission of `n_windows` windows (2022: one per window and scored bird, or
+    `template_rows`, the rows of the dataset's `test.csv`)."""
+    if not FORMATS.get(fmt).per_scored_bird:
+        return n_windows
+    return template_rows if template_rows is not None else n_windows * n_scored
 
 
 def format_frame(
@@ -162,8 +187,10 @@ def format_frame(
     fmt: str,
     thresholds: np.ndarray,
     scored_birds: Sequence[str] | None = None,
+    template: SubmissionTemplate = SubmissionTemplate(),
 ) -> pl.DataFrame:
-    """The submission frame of `fmt` from window scores (KEYS + one column per class)."""
+    """The submission frame of `fmt` from window scores (KEYS + one column per class), with
+    the template's rows (2022) or column order where the dataset gives one."""
     layout = FORMATS.get(fmt)
     classes = list(classes)
     missing = [c for c in (*KEYS, *classes) if c not in predictions.columns]
@@ -174,7 +201,13 @@ def format_frame(
     if unknown:
         raise ValueError(f"scored birds not among the model's classes: {unknown[:5]}")
     hits = predictions.select(classes).to_numpy() >= thresholds
-    return layout.frame(predictions, classes, hits, scored)
+    frame = layout.frame(predictions, classes, hits, scored)
+    if layout.wide:
+        return frame.select("row_id", *template.classes(classes))
+    if layout.per_scored_bird and template.row_ids is not None:
+        rows = pl.DataFrame({"row_id": list(template.row_ids)}, schema={"row_id": pl.String})
+        return rows.join(frame, on="row_id", how="left", maintain_order="left")
+    return frame
 
 
 def write_submission(
@@ -184,14 +217,13 @@ def write_submission(
     cfg: SubmissionConfig,
     out_path: str | Path,
     scored_birds: Sequence[str] | None = None,
+    template: SubmissionTemplate = SubmissionTemplate(),
 ) -> Path:
     """Write predictions as a `cfg.format` CSV; 2021/2022 decide with `thresholds` (default 0.5)."""
     thresholds = thresholds or Thresholds.constant()
-    frame = format_frame(predictions, classes, cfg.format, thresholds.vector(classes), scored_birds)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    frame.write_csv(out_path)
-    return out_path
+    fmt = cfg.format or DEFAULT_FORMAT
+    frame = format_frame(predictions, classes, fmt, thresholds.vector(classes), scored_birds, template)
+    return atomic_write(out_path, frame.write_csv)  # a run killed mid-write leaves the previous file whole
 
 
 def solution_from_labels(

@@ -4,18 +4,23 @@ Every 5 s window of a recording gets a row, the last partial one zero-padded (as
 submission needs); windows are computed in bounded-memory chunks through the same feature
 path as the cache (`features.mel.stream_log_mel_windows`), the ensemble scores them, and
 probabilities are optionally smoothed across neighbouring windows.
+
+A damaged or cut file still gets every window its header promises: the missing audio is
+predicted as silence and those windows are flagged (`filled`). A file that cannot be read at
+all is skipped, and `Predictions.files` lists every file with its status and reason.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from birdpipe.data.audio import AudioError, iter_blocks
+from birdpipe.data.audio import AudioError, AudioStream, iter_blocks
 from birdpipe.features.config import MelConfig
 from birdpipe.features.mel import stream_log_mel_windows
 from birdpipe.inference.config import SubmissionConfig
@@ -45,17 +50,63 @@ def smooth(probs: np.ndarray, kernel: Sequence[float]) -> np.ndarray:
     return (total / norm[:, None]).astype(np.float32)
 
 
+#: Per-window columns besides the classes: `filled` marks a window (partly) past the decoded
+#: audio, predicted on silence; `damage` is the file's damage reason (null when clean).
+FLAG_COLUMNS = {"filled": pl.Boolean, "damage": pl.String}
+FILES_SCHEMA = {"path": pl.String, "status": pl.String, "reason": pl.String, "windows": pl.Int64, "filled_windows": pl.Int64}
+
+
+def padded(stream: AudioStream) -> Iterator[np.ndarray]:
+    """The stream's blocks, then silence up to the length the file's header promises (a cut or
+    damaged file still needs every window of a submission)."""
+    yield from stream
+    missing = int(round(stream.expected_seconds * stream.sr)) - stream.samples
+    for start in range(0, max(missing, 0), stream.block):
+        yield np.zeros(min(stream.block, missing - start), np.float32)
+
+
+def flags(stream: AudioStream, starts: np.ndarray, window_seconds: float) -> pl.DataFrame:
+    """`FLAG_COLUMNS` for windows starting at `starts` (seconds) of a decoded stream: on a
+    damaged file, every window reaching past the audio decoded is filled."""
+    filled = np.asarray(starts) + window_seconds > stream.samples / stream.sr + 1e-6
+    return pl.DataFrame({"filled": filled & stream.damaged, "damage": [stream.reason] * len(starts)}, schema=FLAG_COLUMNS)
+
+
 def predict_file(ensemble: Ensemble, path: Path, mel_cfg: MelConfig, sub_cfg: SubmissionConfig) -> pl.DataFrame:
-    """Window rows of one recording: soundscape_id, end_seconds and one probability column per class."""
+    """Window rows of one recording: soundscape_id, end_seconds, one probability column per
+    class, and `FLAG_COLUMNS`."""
     cfg = soundscape_mel_config(mel_cfg)
     probs, starts = [], []
-    for mels, start in stream_log_mel_windows(iter_blocks(path, cfg.sample_rate), cfg):
+    stream = iter_blocks(path, cfg.sample_rate)
+    for mels, start in stream_log_mel_windows(padded(stream), cfg):
         probs.append(ensemble.predict(mels, sub_cfg.batch_size))
         starts.append(start)
+    starts = np.concatenate(starts)
     matrix = smooth(np.concatenate(probs), sub_cfg.smoothing)
-    ends = np.rint(np.concatenate(starts) + cfg.window_seconds).astype(np.int64)
+    ends = np.rint(starts + cfg.window_seconds).astype(np.int64)
     keys = pl.DataFrame({"soundscape_id": [path.stem] * len(ends), "end_seconds": ends})
-    return keys.hstack(pl.DataFrame(matrix, schema=ensemble.classes))
+    return keys.hstack(pl.DataFrame(matrix, schema=ensemble.classes)).hstack(flags(stream, starts, cfg.window_seconds))
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Every window's probabilities, and what happened to each file."""
+
+    #: row_id, soundscape_id, end_seconds, one column per class.
+    windows: pl.DataFrame
+    #: One row per file: path, status (ok / damaged / skipped), reason, windows, filled_windows.
+    files: pl.DataFrame
+
+    @property
+    def skipped(self) -> pl.DataFrame:
+        return self.files.filter(pl.col("status") == "skipped")
+
+    def summary(self) -> str:
+        damaged = self.files.filter(pl.col("status") == "damaged")
+        return (
+            f"{self.files.height} files ({damaged.height} damaged, {self.skipped.height} skipped), {self.windows.height} windows "
+            f"({int(self.files['filled_windows'].sum())} predicted on silence where audio was missing)"
+        )
 
 
 def predict_soundscapes(
@@ -65,14 +116,16 @@ def predict_soundscapes(
     sub_cfg: SubmissionConfig,
     progress: bool = True,
     skip_errors: bool = False,
-) -> pl.DataFrame:
-    """row_id, soundscape_id, end_seconds and one column per class, for every window of `files`.
+) -> Predictions:
+    """Every window of `files` (row_id, soundscape_id, end_seconds, one column per class) and a
+    row per file saying whether it was read whole, damaged (missing audio predicted as
+    silence) or skipped.
 
-    `skip_errors`: an unreadable file is reported on stderr and left out instead of raising.
+    `skip_errors`: an unreadable file is skipped (status "skipped", with the reason) instead of raising.
     """
     from tqdm import tqdm
 
-    parts = []
+    parts, outcomes = [], []
     bar = tqdm(files, desc="predict", unit="file", disable=not progress, file=sys.stderr)
     windows = 0
     for path in bar:
@@ -83,11 +136,14 @@ def predict_soundscapes(
         except AudioError as exc:
             if not skip_errors:
                 raise
-            bar.write(f"skipped {path}: {exc}")
+            outcomes.append({"path": str(path), "status": "skipped", "reason": exc.reason, "windows": 0, "filled_windows": 0})
             continue
-        parts.append(part)
+        damage = part["damage"][0]
+        outcomes.append({"path": str(path), "status": "ok" if damage is None else "damaged", "reason": damage,
+                         "windows": part.height, "filled_windows": int(part["filled"].sum())})  # fmt: skip
+        parts.append(part.drop(*FLAG_COLUMNS))
         windows += part.height
         bar.set_postfix(windows=windows)
     schema = {"soundscape_id": pl.String, "end_seconds": pl.Int64} | dict.fromkeys(ensemble.classes, pl.Float32)
     frame = pl.concat(parts) if parts else pl.DataFrame(schema=schema)
-    return frame.select(window_row_id(), pl.all())
+    return Predictions(frame.select(window_row_id(), pl.all()), pl.DataFrame(outcomes, schema=FILES_SCHEMA))

@@ -2,9 +2,10 @@
 
 A Kaggle submission needs exactly one row per 5 s window; `expected_windows` counts them
 from the audio itself, so a soundscape that failed to decode shows up as missing rows in the
-schema check instead of a silently short file. Labelled soundscapes (`test_soundscape_labels.csv`
-at the dataset root: soundscape_id, end_seconds, birds, as the synthetic set writes it) give a
-local score for each format, the same way Kaggle would compute it.
+schema check instead of a silently short file. The dataset's own files shape the submission
+(`submission_template`: sample_submission.csv's column order, 2022's test.csv rows).
+Labelled soundscapes (2021's train soundscapes, the demo's test soundscapes) give a local
+score for each format, the same way Kaggle would compute it (`score_formats`).
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from pathlib import Path
 import polars as pl
 
 from birdpipe.data.audio import probe
+from birdpipe.data.layout import DatasetLayout
+from birdpipe.data.metadata import read_csv, read_csv_header
 from birdpipe.evaluation.metrics import score_files
 from birdpipe.evaluation.thresholds import Thresholds
 from birdpipe.inference.config import SubmissionConfig
-from birdpipe.inference.formats import FORMATS, layouts, solution_from_labels, write_submission
-
-LABELS_FILE = "test_soundscape_labels.csv"
+from birdpipe.inference.formats import FORMATS, SubmissionTemplate, layouts, solution_from_labels, write_submission
 
 
 @dataclass(frozen=True)
@@ -45,31 +46,33 @@ def write_all_formats(
     cfg: SubmissionConfig,
     out_dir: Path,
     scored_birds: Sequence[str] | None = None,
+    template: SubmissionTemplate = SubmissionTemplate(),
 ) -> dict[str, Path]:
     """`submission.csv` in the configured format plus `submission-<format>.csv` in each layout."""
-    paths = {"submission": write_submission(predictions, classes, thresholds, cfg, out_dir / "submission.csv", scored_birds)}
+    paths = {"submission": write_submission(predictions, classes, thresholds, cfg, out_dir / "submission.csv", scored_birds, template)}
     for fmt in layouts():
         paths[fmt] = write_submission(
-            predictions, classes, thresholds, cfg.replace(format=fmt), out_dir / f"submission-{fmt}.csv", scored_birds
+            predictions, classes, thresholds, cfg.replace(format=fmt), out_dir / f"submission-{fmt}.csv", scored_birds, template
         )
     return paths
 
 
-def find_labels(data_root: Path) -> Path | None:
-    """The per-window labels of the soundscapes, if the dataset has them."""
-    path = data_root / LABELS_FILE
-    return path if path.is_file() else None
+def submission_template(layout: DatasetLayout) -> SubmissionTemplate:
+    """The class column order of the dataset's sample_submission.csv and the rows of its 2022 test.csv."""
+    columns = read_csv_header(layout.sample_submission, ("row_id",))[1:] if layout.sample_has_classes else None
+    rows = read_csv(layout.test_rows, ("row_id",))["row_id"].str.strip_chars().to_list() if layout.test_rows else None
+    return SubmissionTemplate(tuple(c.strip() for c in columns) if columns is not None else None, tuple(rows) if rows is not None else None)
 
 
 def score_formats(
-    labels_csv: Path,
+    labels: pl.DataFrame,
     submissions: dict[str, Path],
     classes: Sequence[str],
     out_dir: Path,
     scored_birds: Sequence[str] | None = None,
 ) -> list[Score]:
-    """Write each format's solution from the labels and score that format's submission on it."""
-    labels = pl.read_csv(labels_csv, schema_overrides={"birds": pl.String, "soundscape_id": pl.String})
+    """Write each format's solution from the labels (`data.soundscape_labels`) and score that
+    format's submission on it with the metrics of the years that used it."""
     scores = []
     for fmt in layouts():
         solution = out_dir / f"solution-{fmt}.csv"

@@ -65,7 +65,7 @@ class FoldData:
     folds: pl.DataFrame
     metadata: pl.DataFrame
     classes: list[str]
-    #: The dataset's `train_audio`; needed only with waveform augmentations.
+    #: The dataset's audio folder (`train_audio`, 2021's `train_short_audio`); needed only with waveform augmentations.
     audio_root: Path | None = None
     #: The distillation teacher's scores per 5 s window (`filename, window_index, <class>...`).
     teacher: pl.DataFrame | None = None
@@ -373,7 +373,7 @@ def train_steps(run: FoldRun, loader: Iterable[Batch], rng: np.random.Generator)
 def _wave_source(cfg: TrainConfig, train_w: pl.DataFrame, sample_rate: int, audio_root: Path | None) -> _WaveSource:
     """Waveform mode: the recordings to decode and the configured transforms."""
     if audio_root is None:
-        raise ValueError("waveform augmentations decode the recordings: pass audio_root (the train_audio folder)")
+        raise ValueError("waveform augmentations decode the recordings: pass audio_root (the dataset's audio folder)")
     background = _background_files(cfg, audio_root)
     fill = background_filler(background, sample_rate) if background and cfg.augment.extend_fill == "background" else None
     ctx = WaveContext(sample_rate, background, cfg.augment.background_snr_db, fill)
