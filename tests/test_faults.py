@@ -81,7 +81,7 @@ def test_sigkill_of_birdpipe_cache_leaves_no_worker_and_the_next_run_completes_i
 def test_a_full_disk_fails_the_cache_build_with_the_file_named_and_no_half_file(tmp_path, monkeypatch, capsys):
     import errno
 
-    import pyarrow.parquet as pq
+    import polars as pl
 
     from birdpipe.cli import main
     from birdpipe.features import cache
@@ -93,16 +93,16 @@ def test_a_full_disk_fails_the_cache_build_with_the_file_named_and_no_half_file(
     cmd = ["cache", "--data", str(root), "--out", str(tmp_path / "out"), "--config",
            str(_config(tmp_path / "c.toml", "[cache]\nshard_max_mb = 0\n")), "--workers", "1"]  # fmt: skip
     written = {"n": 0}
-    real = pq.write_table
+    real = pl.DataFrame.write_parquet
 
-    def disk_fills_up(table, where, **kw):
+    def disk_fills_up(frame, where, **kw):
         written["n"] += 1
         if written["n"] == 4:  # a shard and its index are on disk, then the disk fills up mid-file
             Path(where).write_bytes(b"PAR1 half a shard")
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(table, where, **kw)
+        return real(frame, where, **kw)
 
-    monkeypatch.setattr(cache.pq, "write_table", disk_fills_up)
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", disk_fills_up)  # the cache's Parquet writer
     assert main(cmd) == 2
     err = capsys.readouterr().err
     assert err.startswith("birdpipe cache: error: ") and ".parquet: cannot write (No space left on device)" in err, err
@@ -110,7 +110,7 @@ def test_a_full_disk_fails_the_cache_build_with_the_file_named_and_no_half_file(
     assert not [p.name for p in cache_dir.iterdir() if p.name.startswith(".")]  # no temporary left
     before = MelCacheReader(cache_dir)  # what was written is whole and readable
     assert before.index.height >= 1 and len(before) >= 1
-    monkeypatch.setattr(cache.pq, "write_table", real)
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", real)
     assert main(cmd) == 0 and "10 files" in capsys.readouterr().out
 
 
