@@ -22,7 +22,6 @@ import warnings
 
 import numpy as np
 import polars as pl
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from birdpipe.data.config import FoldConfig
 
@@ -72,6 +71,8 @@ def _advice(cfg: FoldConfig, n_always: int) -> str:
 
 
 def _stratified(labels: np.ndarray, groups: np.ndarray | None, cfg: FoldConfig) -> np.ndarray:
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold  # seconds to import: not at definition time
+
     fold = np.full(len(labels), -1, dtype=np.int64)
     with warnings.catch_warnings():
         # Species with fewer recordings than folds land in some fold, which is all

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.fft
-import scipy.sparse
 
 from birdpipe.features import denoise
 from birdpipe.features.config import MelConfig
+
+if TYPE_CHECKING:
+    import scipy.sparse
 
 #: librosa.power_to_db's floor.
 AMIN = 1e-10
@@ -45,6 +47,8 @@ def mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> sci
     """librosa.filters.mel (Slaney scale and area norm) [n_mels, n_fft // 2 + 1], sparse: each
     bin feeds at most two bands, so the projection costs ~1/60 of a dense matmul. Written
     out rather than imported because importing librosa costs seconds in every worker."""
+    import scipy.sparse  # a second to import: kept out of config and code-location loading
+
     fft_hz = np.linspace(0, sr / 2, 1 + n_fft // 2)
     edges = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
     ramps = edges[:, None] - fft_hz[None, :]
@@ -83,6 +87,8 @@ def frame_windows(wave: np.ndarray, starts: np.ndarray, cfg: MelConfig) -> np.nd
 def mel_power(frames: np.ndarray, cfg: MelConfig) -> np.ndarray:
     """Mel power [windows, n_mels, n_frames] of windows [windows, samples] (centred,
     zero-padded frames as librosa). One window at a time keeps the STFT in cache."""
+    import scipy.fft
+
     n_fft, hop = cfg.n_fft, cfg.hop_length
     basis = mel_basis(cfg.sample_rate, n_fft, cfg.n_mels, cfg.fmin, cfg.fmax)
     window = _hann(n_fft)
