@@ -15,6 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from birdpipe import tracking as mlf
 from birdpipe.config import PipelineConfig, load_config
 from birdpipe.data.layout import detect_layout
 from birdpipe.paths import PROJECT_ROOT, default_data_root
@@ -132,12 +133,12 @@ def report(config: PipelineConfig, instance: dg.DagsterInstance, evaluation: dg.
     alias = config.tracking.model_alias
     for fold in fold_partitions(config).get_partition_keys():
         m = latest(instance, "trained_model", fold)
-        print(f"fold {fold}: best val {m['metric']} {m['best_score']:.4f} (epoch {m['best_epoch'] + 1}/{m['epochs']})  mlflow run {m['mlflow_run_id']}")
-    print(f"training parent run: {m['mlflow_parent_run_id']}   registered: {m['registered_model']} "
-          f"(alias @{alias} -> the latest fold, @{alias}-fold<k> -> each fold)")
+        print(f"fold {fold}: best val {m['metric']} {m['best_score']:.4f} (epoch {m['best_epoch'] + 1}/{m['epochs']})  mlflow {m.get('mlflow_run', '-')}")
+    print(f"training parent run: {m['mlflow_parent_run']}\nregistered: {m.get('registered_model', '-')} "
+          f"(alias @{alias} -> the latest fold, @{alias}-fold<k> -> each fold): {m.get('registered_model_version', '-')}")
     print(f"out-of-fold macro ROC-AUC (birdclef2025): pooled {oof['birdclef2025']:.4f}, mean of folds "
           f"{oof['fold_mean_birdclef2025']:.4f}   padded cmAP (birdclef2023): pooled {oof['birdclef2023']:.4f}, "
-          f"mean of folds {oof['fold_mean_birdclef2023']:.4f}   mlflow run {oof['mlflow_run_id']}")
+          f"mean of folds {oof['fold_mean_birdclef2023']:.4f}   mlflow {oof['mlflow_run']}")
     blend = latest(instance, "ensemble")
     if blend:
         print(f"ensemble (out of fold, per recording; weights {blend['weights']}, shrink {blend['shrink']}):\n{blend['members']}")
@@ -152,12 +153,15 @@ def report(config: PipelineConfig, instance: dg.DagsterInstance, evaluation: dg.
     if not skipped(evaluation, "soundscape_validation"):
         _report_validation(latest(instance, "soundscape_validation"))
     print(f"outputs: {_rel(str(Path(oof['oof_parquet']).parents[2]))}/   MLflow store: data/mlflow.db")
-    print("browse both: make ui  (Dagster http://127.0.0.1:3000, MLflow http://127.0.0.1:5000)")
+    if blend:
+        print(f"registered blend: {blend.get('registered_model', '-')}: {blend.get('registered_model_version', '-')}")
+    print(f"Dagster run (evaluation): {mlf.dagster_url(config.tracking)}/runs/{evaluation.run_id}")
+    print(f"browse both: make ui  (Dagster {mlf.dagster_url(config.tracking)}, MLflow {mlf.ui_url(config.tracking)})")
 
 
 def _report_validation(val: dict) -> None:
     scores = ", ".join(f"{k.removeprefix('soundscape_')} {v:.4f}" for k, v in val.items() if k.startswith("soundscape_birdclef"))
-    print(f"soundscape validation (fold ensemble on the labelled soundscapes): {scores}   mlflow run {val['mlflow_run_id']}")
+    print(f"soundscape validation (fold ensemble on the labelled soundscapes): {scores}   mlflow {val['mlflow_run']}")
     print(f"labelled soundscapes ({val['soundscapes']} files, {val['windows']} windows of {_rel(val['labels'])}), "
           f"each format scored with its years' metrics (year format {val['year_format']}):")
     for solution, submission, metric in val["score_commands"]:

@@ -12,7 +12,7 @@ from birdpipe.evaluation.metrics import oof_scores, per_species_table
 from birdpipe.evaluation.thresholds import Thresholds, calibrate, plot_curve
 from birdpipe.features.reader import MelCacheReader
 
-from .meta import md_table, png
+from .meta import md_table, mlflow_links, png
 from .resources import Dataset, Tracking, lineage_tags
 
 GROUP = "evaluation"
@@ -45,7 +45,8 @@ def build(cfg: PipelineConfig, blended: bool = False) -> list:
         per_fold = fold_scores(oof, classes)
         species = per_species_table(y_true, y_prob, classes)
         species.write_csv(out / "per_species.csv")
-        with mlf.stage_run(tracking.config_for(dataset), "oof_predictions", lineage_tags(context, dataset)) as run:
+        trk = tracking.config_for(dataset)
+        with mlf.stage_run(trk, "oof_predictions", lineage_tags(context, dataset)) as run:
             mlf.log_metrics({f"oof_{k}": v for k, v in scores.items()} | per_fold)
             mlf.log_artifacts(out)
         return dg.Output(
@@ -56,7 +57,7 @@ def build(cfg: PipelineConfig, blended: bool = False) -> list:
                 "windows": oof.height,
                 "always_train_recordings": folds.filter(pl.col("fold") == ALWAYS_TRAIN).height,
                 "per_species": md_table(species, 30),
-                "mlflow_run_id": run.info.run_id,
+                **mlflow_links(trk, run.info.run_id, run.info.experiment_id),
                 "oof_parquet": dg.MetadataValue.path(str(out / "oof.parquet")),
             },
         )
@@ -77,7 +78,8 @@ def build(cfg: PipelineConfig, blended: bool = False) -> list:
         result.to_json(out / "thresholds.json")
         plot = plot_curve(result, out / "threshold_curve.png")
         calibrated = oof_scores(y_true, y_prob, classes, threshold=result.vector(classes))
-        with mlf.stage_run(tracking.config_for(dataset), "thresholds", lineage_tags(context, dataset)) as run:
+        trk = tracking.config_for(dataset)
+        with mlf.stage_run(trk, "thresholds", lineage_tags(context, dataset)) as run:
             mlf.log_params(cfg.thresholds, "thresholds.")
             mlf.log_metrics(
                 {"global_threshold": result.global_threshold, "global_score": result.global_score,
@@ -99,7 +101,7 @@ def build(cfg: PipelineConfig, blended: bool = False) -> list:
                 "calibrated_birdclef2022": calibrated["birdclef2022"],
                 "curve": png(plot),
                 "per_species": md_table(per_species, 30),
-                "mlflow_run_id": run.info.run_id,
+                **mlflow_links(trk, run.info.run_id, run.info.experiment_id),
                 "thresholds_json": dg.MetadataValue.path(str(out / "thresholds.json")),
             },
         )

@@ -7,6 +7,8 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from birdpipe import tracking as mlf
+
 
 def md_table(df: pl.DataFrame, limit: int = 20) -> dg.MetadataValue:
     """A frame as a Markdown table (first `limit` rows, with a count of the rest)."""
@@ -34,6 +36,26 @@ def cache_metadata(report) -> dict[str, dg.MetadataValue | int | float | str]:
         "audio_seconds_per_second": round(report.throughput, 1),
         "digest": report.digest,
     }
+
+
+def mlflow_links(
+    cfg: mlf.TrackingConfig, run_id: str | None, experiment_id: str | None = None, version: str | None = None
+) -> dict[str, dg.MetadataValue | str]:
+    """Clickable links to the asset's MLflow run and, when it registered one, its model version."""
+    if not run_id:
+        return {}
+    links: dict[str, dg.MetadataValue | str] = {
+        "mlflow_run": dg.MetadataValue.url(mlf.run_url(cfg, run_id, experiment_id)), "mlflow_run_id": run_id,
+    }  # fmt: skip
+    if version:
+        links["registered_model"] = f"models:/{cfg.registered_model}/{version}"
+        links["registered_model_version"] = dg.MetadataValue.url(mlf.model_version_url(cfg, cfg.registered_model, version))
+    return links
+
+
+def run_list(runs: dict[str, str]) -> dg.MetadataValue:
+    """Links to the several MLflow runs of one asset (a run per fold or round), as a Markdown list."""
+    return dg.MetadataValue.md("\n".join(f"- [{name}]({url})" for name, url in runs.items()) or "no runs")
 
 
 def png(path: Path) -> dg.MetadataValue:

@@ -14,7 +14,7 @@ from birdpipe.models.birdnet import (
     BirdnetClassifier, BirdnetFeatures, BirdnetFiles, SpeciesMap, find_birdnet, load_labels, map_species, onnx_model,
 )  # fmt: skip
 
-from .meta import cache_metadata, md_table
+from .meta import cache_metadata, md_table, mlflow_links, run_list
 from .resources import Dataset, Tracking, lineage_tags
 from .training import fold_partitions
 
@@ -101,17 +101,20 @@ def build(cfg: PipelineConfig, files: BirdnetFiles) -> list:
         classes = taxonomy["primary_label"].to_list()
         out = dataset.work.stage("embedding_heads", heads_version)
         fold_ids = [int(k) for k in fold_partitions(cfg).get_partition_keys()]
-        heads = {}
+        heads, runs = {}, {}
+        trk = tracking.config_for(dataset)
         tags = lineage_tags(context, dataset) | {"birdpipe.birdnet_sha256": files.digest, "birdpipe.embeddings_digest": reader.digest}
         for fold in fold_ids:
             heads[fold] = {k: str(p) for k, p in train_fold_heads(x, keys, folds, train_metadata, classes, fold, cfg.heads, out).items()}
-            with mlf.stage_run(tracking.config_for(dataset), f"heads-fold-{fold}", tags | {"birdpipe.fold": str(fold)}):
+            with mlf.stage_run(trk, f"heads-fold-{fold}", tags | {"birdpipe.fold": str(fold)}) as run:
                 mlf.log_params(cfg.heads, "heads.")
                 mlf.log_params({"fold": fold, "windows": int(len(x))})
                 mlf.log_artifacts(out / f"fold-{fold}", "heads")
+            runs[f"fold {fold}"] = mlf.run_url(trk, run.info.run_id, run.info.experiment_id)
             context.log.info(f"fold {fold}: heads {', '.join(cfg.heads.kinds)} trained")
         return dg.Output({"heads": heads, "windows": int(len(x))}, metadata={"folds": len(fold_ids), "windows": int(len(x)),
-                                                                           "heads": ", ".join(cfg.heads.kinds)})  # fmt: skip
+                                                                           "heads": ", ".join(cfg.heads.kinds),
+                                                                           "mlflow_runs": run_list(runs)})  # fmt: skip
 
     @dg.asset(group_name="features", code_version=scores_version, deps=[birdnet_embeddings], kinds={"onnx", "parquet"})
     def birdnet_scores(context: dg.AssetExecutionContext, dataset: Dataset, taxonomy: pl.DataFrame) -> dg.Output[str]:
@@ -175,8 +178,11 @@ def build(cfg: PipelineConfig, files: BirdnetFiles) -> list:
             mlf.log_params({"blend.weights": blend.weights, "blend.shrink": blend.shrink, "birdnet.unmatched": len(species.unmatched)})
             mlf.log_metrics({f"{r['member']}_{k}": v for r in table.iter_rows(named=True) for k, v in r.items() if k != "member"})
             mlf.log_artifact(out / "members.csv", "ensemble")
+            description = (f"Blend of {', '.join(members)} (weights {blend.weights}, shrink {blend.shrink}) tuned out of fold "
+                           f"on {dataset.root}: {folds.height} recordings in {cfg.folds.n_folds} folds, BirdNET weights "
+                           f"{files.digest[:12]}. Config version {ensemble_version}.")  # fmt: skip
             _, version = mlf.log_folder_model(model_dir, "birdpipe.inference.blended:load_blend_model", trk, (trk.model_alias,),
-                                              {k: v for k, v in tags.items() if k.startswith("birdpipe.")})  # fmt: skip
+                                              {k: v for k, v in tags.items() if k.startswith("birdpipe.")}, description)  # fmt: skip
         blend_row = table.filter(pl.col("member") == "blend").row(0, named=True)
         context.log.info("members (recording level, out of fold):\n" + str(table))
         return dg.Output(
@@ -190,8 +196,7 @@ def build(cfg: PipelineConfig, files: BirdnetFiles) -> list:
                 "shrink": blend.shrink,
                 "birdnet_species": int(species.matched.sum()),
                 "birdnet_unmatched": dg.MetadataValue.json(species.unmatched),
-                "mlflow_run_id": run.info.run_id,
-                "registered_model": f"models:/{trk.registered_model}/{version}" if version else "",
+                **mlflow_links(trk, run.info.run_id, run.info.experiment_id, version),
             },
         )
 
@@ -246,17 +251,20 @@ def build(cfg: PipelineConfig, files: BirdnetFiles) -> list:
                                 cfg.blend.weight_grid, cfg.blend.shrink_grid, out, log=context.log.info) if sound.keys.height else []  # fmt: skip
             labels = atomic_write(out / "pseudo_labels.parquet", pseudo_label_frame(rounds, sound, classes).write_parquet)
             tags = lineage_tags(context, dataset) | {"birdpipe.birdnet_sha256": files.digest}
+            trk, runs = tracking.config_for(dataset), {}
             for r in rounds:
-                with mlf.stage_run(tracking.config_for(dataset), f"pseudo-round-{r.round}", tags | {"birdpipe.round": str(r.round)}):
+                with mlf.stage_run(trk, f"pseudo-round-{r.round}", tags | {"birdpipe.round": str(r.round)}) as run:
                     mlf.log_params(cfg.pseudo, "pseudo.")
                     mlf.log_metrics({k: v for k, v in r.row().items() if isinstance(v, (int, float))})
+                runs[f"round {r.round}"] = mlf.run_url(trk, run.info.run_id, run.info.experiment_id)
             best = best_round(rounds) if rounds else None
             table = pl.DataFrame([r.row() for r in rounds]) if rounds else pl.DataFrame({"round": []})
             heads = {f: {k: str(p) for k, p in h.items()} for f, h in (best.heads if best else heads0).items()}
             return dg.Output(
                 {"heads": heads, "round": best.round if best else 0, "labels_parquet": str(labels)},
                 metadata={"rounds": md_table(table), "best_round": best.round if best else 0,
-                          "soundscape_windows": sound.keys.height, "labels_parquet": dg.MetadataValue.path(str(labels))},  # fmt: skip
+                          "soundscape_windows": sound.keys.height, "labels_parquet": dg.MetadataValue.path(str(labels)),
+                          "mlflow_runs": run_list(runs)},  # fmt: skip
             )
 
         return [soundscape_embeddings, pseudo_labels]

@@ -58,6 +58,8 @@ class Tracking(dg.ConfigurableResource):
     connect_timeout_s: float = TrackingConfig().connect_timeout_s
     http_retries: int = TrackingConfig().http_retries
     http_timeout_s: float = TrackingConfig().http_timeout_s
+    ui_url: str | None = None
+    dagster_url: str | None = None
 
     @classmethod
     def from_config(cls, cfg: TrackingConfig) -> "Tracking":
@@ -67,16 +69,8 @@ class Tracking(dg.ConfigurableResource):
         """The store and experiment, with one registered model per dataset (and kind, "sed" or
         "blend"): models of other species lists never become versions of one another."""
         name = self.registered_model if model == "sed" else self.blend_model
-        return TrackingConfig(
-            tracking_uri=self.tracking_uri,
-            experiment=self.experiment,
-            registered_model=f"{name}-{Path(dataset.root).resolve().name}",
-            blend_model=self.blend_model,
-            model_alias=self.model_alias,
-            connect_timeout_s=self.connect_timeout_s,
-            http_retries=self.http_retries,
-            http_timeout_s=self.http_timeout_s,
-        )
+        fields = {f: getattr(self, f) for f in TrackingConfig.model_fields}
+        return TrackingConfig(**fields | {"registered_model": f"{name}-{Path(dataset.root).resolve().name}"})
 
 
 def lineage_tags(context: dg.AssetExecutionContext, dataset: Dataset) -> dict[str, str]:

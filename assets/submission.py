@@ -24,7 +24,7 @@ from birdpipe.inference.formats import check_submission, expected_rows, layouts,
 from birdpipe.inference.soundscapes import expected_windows, score_formats, submission_template, write_all_formats
 from birdpipe.paths import list_audio
 
-from .meta import md_table
+from .meta import md_table, mlflow_links
 from .resources import Dataset, Tracking, lineage_tags
 
 GROUP = "submission"
@@ -90,7 +90,8 @@ def build(cfg: PipelineConfig, blended: bool = False) -> list:
         by_file.write_csv(out / "files.csv")
         if sub_cfg.raven_tables:
             raven_tables(preds, ensemble.classes, thresholds, out / "raven", ensemble.mel)
-        with mlf.stage_run(tracking.config_for(dataset), "submission", lineage_tags(context, dataset)) as run:
+        trk = tracking.config_for(dataset)
+        with mlf.stage_run(trk, "submission", lineage_tags(context, dataset)) as run:
             mlf.log_artifacts(out)
         yield dg.Output(
             {
@@ -112,7 +113,7 @@ def build(cfg: PipelineConfig, blended: bool = False) -> list:
                 "windows_on_silence": int(by_file["filled_windows"].sum()),
                 "models": len(ensemble.members),
                 "backend": "onnxruntime" if sub_cfg.use_onnx else "torch",
-                "mlflow_run_id": run.info.run_id,
+                **mlflow_links(trk, run.info.run_id, run.info.experiment_id),
             },
         )
 
@@ -143,7 +144,8 @@ def build(cfg: PipelineConfig, blended: bool = False) -> list:
         paths = write_all_formats(preds, ensemble.classes, thresholds, fmt_cfg, out, scored)
         scores = score_formats(labels, paths, ensemble.classes, out, scored)
         metrics = {f"soundscape_{s.metric}": s.value for s in scores}
-        with mlf.stage_run(tracking.config_for(dataset), "soundscape_validation", lineage_tags(context, dataset)) as run:
+        trk = tracking.config_for(dataset)
+        with mlf.stage_run(trk, "soundscape_validation", lineage_tags(context, dataset)) as run:
             mlf.log_metrics(metrics)
             mlf.log_artifacts(out)
         yield dg.Output(
@@ -156,7 +158,7 @@ def build(cfg: PipelineConfig, blended: bool = False) -> list:
                 "skipped": predictions.skipped.height,
                 "year_format": fmt_cfg.format,
                 "score_commands": [[str(s.solution), str(s.submission), s.metric] for s in scores],
-                "mlflow_run_id": run.info.run_id,
+                **mlflow_links(trk, run.info.run_id, run.info.experiment_id),
             },
         )
 

@@ -9,7 +9,7 @@ from birdpipe.data.folds import always_train_species, assign_folds, fold_summary
 from birdpipe.features.reader import MelCacheReader
 from birdpipe.schema import version
 
-from .meta import md_table, png
+from .meta import md_table, mlflow_links, png
 from .resources import Dataset, Tracking, lineage_tags
 
 GROUP = "training"
@@ -99,9 +99,9 @@ def build(cfg: PipelineConfig, teacher_scores: str | None = None) -> list:
                 "best_epoch": result.best_epoch,
                 "epochs": result.epochs_run,
                 "metric": cfg.train.metric,
-                "mlflow_run_id": result.run_id or "",
+                **mlflow_links(trk, result.run_id, version=result.model_version),
+                "mlflow_parent_run": dg.MetadataValue.url(mlf.run_url(trk, parent)),
                 "mlflow_parent_run_id": parent,
-                "registered_model": f"models:/{trk.registered_model}/{result.model_version}" if result.model_version else "",
                 "checkpoint": dg.MetadataValue.path(str(result.best_checkpoint)),
                 **({"training_curve": png(result.curve)} if result.curve else {}),
             },

@@ -15,9 +15,10 @@ import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from birdpipe.paths import PROJECT_ROOT
-from birdpipe.schema import NonNegativeInt, PositiveFloat, Section, flatten
+from birdpipe.schema import HttpUrl, NonNegativeInt, PositiveFloat, Section, flatten
 
 DEFAULT_DB = PROJECT_ROOT / "data" / "mlflow.db"
 MODEL_URI = re.compile(r"models:/(?P<name>[^@/]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))")
@@ -40,10 +41,57 @@ class TrackingConfig(Section):
     http_retries: NonNegativeInt = 3
     #: Seconds one MLflow request may take (MLFLOW_HTTP_REQUEST_TIMEOUT; MLflow's default is 120).
     http_timeout_s: PositiveFloat = 60.0
+    #: The MLflow UI that asset metadata and printed links point at. Default: the tracking URI
+    #: when it is a server (http/https), else `make ui`'s http://127.0.0.1:5000.
+    ui_url: HttpUrl | None = None
+    #: The Dagster UI each MLflow run links back to (tags and description). Default:
+    #: $BIRDPIPE_DAGSTER_URL, else `make ui`'s http://127.0.0.1:3000.
+    dagster_url: HttpUrl | None = None
+
+
+#: MLflow 3 opens an experiment on the view of its kind; this one is the training runs' view
+#: (the UI's "custom_model_development"), not the GenAI traces overview it infers for new ones.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def tracking_uri(cfg: TrackingConfig) -> str:
     return cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}"
+
+
+def ui_url(cfg: TrackingConfig) -> str:
+    """The MLflow UI's base URL (see `TrackingConfig.ui_url`)."""
+    uri = tracking_uri(cfg)
+    server = uri if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return (cfg.ui_url or server).rstrip("/")
+
+
+def dagster_url(cfg: TrackingConfig) -> str:
+    """The Dagster UI's base URL (see `TrackingConfig.dagster_url`)."""
+    return (cfg.dagster_url or os.environ.get("BIRDPIPE_DAGSTER_URL") or "http://127.0.0.1:3000").rstrip("/")
+
+
+def run_url(cfg: TrackingConfig, run_id: str, experiment_id: str | None = None) -> str:
+    """An MLflow run's page (without the experiment, the UI's direct route finds it)."""
+    experiment = f"/experiments/{experiment_id}" if experiment_id else ""
+    return f"{ui_url(cfg)}/#{experiment}/runs/{run_id}"
+
+
+def model_version_url(cfg: TrackingConfig, name: str, version: str) -> str:
+    """A registered model version's page."""
+    return f"{ui_url(cfg)}/#/models/{quote(name)}/versions/{version}"
+
+
+def dagster_links(cfg: TrackingConfig, tags: Mapping[str, str]) -> dict[str, str]:
+    """Tags and description (`mlflow.note.content`, shown on the run page) linking back to the
+    Dagster run and asset named by `tags` (`dagster.run_id`, `dagster.asset_key`); none without them."""
+    run_id, key = tags.get("dagster.run_id"), tags.get("dagster.asset_key")
+    if not run_id or not key:
+        return {}
+    run = f"{dagster_url(cfg)}/runs/{run_id}"
+    asset = f"{dagster_url(cfg)}/assets/{quote(key)}"
+    partition = f", partition {tags['dagster.partition']}" if tags.get("dagster.partition") else ""
+    note = f"Made by Dagster run [{run_id[:8]}]({run}) materializing asset [{key}]({asset}){partition}."
+    return {"dagster.run_url": run, "dagster.asset_url": asset, "mlflow.note.content": note}
 
 
 def check_store(cfg: TrackingConfig) -> str:
@@ -89,7 +137,10 @@ def configure(cfg: TrackingConfig) -> str:
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(cfg.experiment)
     if experiment is None:
-        return mlflow.create_experiment(cfg.experiment, artifact_location=artifact_root(uri))
+        return mlflow.create_experiment(cfg.experiment, artifact_location=artifact_root(uri), tags=EXPERIMENT_KIND)
+    if not set(EXPERIMENT_KIND) <= set(experiment.tags):  # made before birdpipe set its kind
+        for key, value in EXPERIMENT_KIND.items():
+            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
     return experiment.experiment_id
 
 
@@ -111,14 +162,17 @@ def stage_run(
     parent_run_id: str | None = None,
     run_id: str | None = None,
 ) -> Iterator[Any]:
-    """An MLflow run for one pipeline stage, tagged with its lineage and the git commit.
+    """An MLflow run for one pipeline stage, tagged with its lineage, the git commit and links
+    back to Dagster; named `<dataset folder>/<name>` when the tags name the dataset.
 
     `run_id` reopens an existing run (a resumed training continues its own run).
     """
     import mlflow
 
     experiment_id = configure(cfg)
-    all_tags = {"birdpipe.stage": name, "mlflow.source.git.commit": git_commit(), **(tags or {})}
+    tags = dict(tags or {})
+    all_tags = {"birdpipe.stage": name, "mlflow.source.git.commit": git_commit(), **tags, **dagster_links(cfg, tags)}
+    name = run_name(name, tags)
     if run_id is not None:
         with mlflow.start_run(run_id=run_id, nested=parent_run_id is not None) as run:
             mlflow.set_tags(all_tags)
@@ -132,6 +186,12 @@ def stage_run(
         nested=parent_run_id is not None,
     ) as run:
         yield run
+
+
+def run_name(stage: str, tags: Mapping[str, str]) -> str:
+    """`<dataset folder>/<stage>` (e.g. `demo/train-fold-0`): the runs list says what each run is of."""
+    dataset = tags.get("birdpipe.dataset")
+    return f"{Path(dataset).name}/{stage}" if dataset else stage
 
 
 def log_params(params: Any, prefix: str = "") -> None:
@@ -187,10 +247,12 @@ def log_dataset(frame: Any, name: str, digest: str, source: str, context: str = 
 
 
 def log_torch_model(
-    model: Any, example: Any, cfg: TrackingConfig, aliases: tuple[str, ...] = (), tags: Mapping[str, str] | None = None
+    model: Any, example: Any, cfg: TrackingConfig, aliases: tuple[str, ...] = (), tags: Mapping[str, str] | None = None,
+    description: str = "",
 ) -> tuple[str, str | None]:
-    """Log a torch module with the signature of `example -> model(example)`; register it and point
-    `aliases` at the new version when `cfg.registered_model` is set. Returns (model_uri, version).
+    """Log a torch module with the signature of `example -> model(example)`; register it (described
+    by `description`) and point `aliases` at the new version when `cfg.registered_model` is set.
+    Returns (model_uri, version).
     """
     import mlflow
     import torch
@@ -203,7 +265,7 @@ def log_torch_model(
         model, name="model", signature=infer_signature(example, output), input_example=example,
         serialization_format="pickle", pip_requirements=_requirements(),
     )  # fmt: skip
-    return _register(info.model_uri, cfg, aliases, tags)
+    return _register(info.model_uri, cfg, aliases, tags, description)
 
 
 def _requirements() -> list[str]:
@@ -226,10 +288,12 @@ def parent_run(cfg: TrackingConfig, key: str, name: str, tags: Mapping[str, str]
     found = client.search_runs([experiment_id], f"tags.`birdpipe.parent_key` = '{key}'", max_results=1)
     if found:
         return found[0].info.run_id
+    tags = dict(tags or {})
     run = client.create_run(
         experiment_id,
-        run_name=name,
-        tags={"birdpipe.parent_key": key, "birdpipe.stage": name, "mlflow.source.git.commit": git_commit(), **(tags or {})},
+        run_name=run_name(name, tags),
+        tags={"birdpipe.parent_key": key, "birdpipe.stage": name, "mlflow.source.git.commit": git_commit(), **tags,
+              **dagster_links(cfg, tags)},  # fmt: skip
     )
     client.set_terminated(run.info.run_id)
     return run.info.run_id
@@ -271,13 +335,14 @@ def download_checkpoints(uri: str, cfg: TrackingConfig, dst_root: Path) -> list[
 
 
 def log_folder_model(
-    folder: Path, loader: str, cfg: TrackingConfig, aliases: tuple[str, ...] = (), tags: Mapping[str, str] | None = None
+    folder: Path, loader: str, cfg: TrackingConfig, aliases: tuple[str, ...] = (), tags: Mapping[str, str] | None = None,
+    description: str = "",
 ) -> tuple[str, str | None]:
     """Log a model folder as an MLflow pyfunc model (input: a frame with a `path` column of
     audio files; output: per-window probabilities), register it and point `aliases` at the new
     version. `loader` ("module:function") turns the folder into an object with
     `predict_file(path)`; it is imported by name, so tracking stays below the code it serves.
-    Returns (model_uri, version)."""
+    `description` goes to the registry (see `_register`). Returns (model_uri, version)."""
     import importlib
 
     import mlflow
@@ -294,16 +359,24 @@ def log_folder_model(
 
     info = mlflow.pyfunc.log_model(name="model", python_model=FolderModel(), artifacts={"folder": str(folder)},
                                    pip_requirements=_requirements())  # fmt: skip
-    return _register(info.model_uri, cfg, aliases, tags)
+    return _register(info.model_uri, cfg, aliases, tags, description)
 
 
-def _register(model_uri: str, cfg: TrackingConfig, aliases: tuple[str, ...], tags: Mapping[str, str] | None) -> tuple[str, str | None]:
+def _register(
+    model_uri: str, cfg: TrackingConfig, aliases: tuple[str, ...], tags: Mapping[str, str] | None, description: str
+) -> tuple[str, str | None]:
+    """Register `model_uri` as a new version described by `description` (plus the git commit),
+    which also becomes the registered model's description: the registry page says what its
+    latest version was made of."""
     import mlflow
 
     if not cfg.registered_model:
         return model_uri, None
+    text = f"{description} Code: git commit {git_commit()}."
     version = mlflow.register_model(model_uri, cfg.registered_model, tags=dict(tags or {})).version
     client = mlflow.MlflowClient()
+    client.update_model_version(cfg.registered_model, version, description=text)
+    client.update_registered_model(cfg.registered_model, description=text)
     for alias in aliases:
         client.set_registered_model_alias(cfg.registered_model, alias, version)
     return model_uri, str(version)

@@ -114,8 +114,10 @@ def test_mlflow_run_holds_params_metrics_inputs_model_and_tags(tmp_path):
 
     cache = FakeCache()
     folds, metadata = _frames(cache)
-    tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="t", registered_model="sed-test")
-    tags = {"dagster.run_id": "abc123", "dagster.asset_key": "trained_model", "dagster.partition": "0"}
+    tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="t", registered_model="sed-test",
+                              dagster_url="http://dagster.example:3000")  # fmt: skip
+    tags = {"dagster.run_id": "abc123", "dagster.asset_key": "trained_model", "dagster.partition": "0",
+            "birdpipe.dataset": "/data/demo", "birdpipe.train_version": "cfg0123456"}  # fmt: skip
     result = train_fold(FoldData(cache, folds, metadata, CLASSES), 0, _cfg(epochs=2), tmp_path / "out", tracking=FoldTracking(tracking, tags), log=lambda m: None)
 
     client = mlflow.MlflowClient()
@@ -126,10 +128,18 @@ def test_mlflow_run_holds_params_metrics_inputs_model_and_tags(tmp_path):
     assert {"train_loss", "val_loss", "lr"} <= set(run.data.metrics)
     assert run.data.tags["dagster.run_id"] == "abc123" and run.data.tags["birdpipe.fold"] == "0"
     assert "mlflow.source.git.commit" in run.data.tags
+    # linked back to Dagster, named after the dataset and stage, in the training view
+    assert run.data.tags["dagster.run_url"] == "http://dagster.example:3000/runs/abc123"
+    assert "[trained_model](http://dagster.example:3000/assets/trained_model)" in run.data.tags["mlflow.note.content"]
+    assert run.info.run_name == "demo/train-fold-0"
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     inputs = {d.dataset.name: d.dataset.digest for d in run.inputs.dataset_inputs}
     assert inputs["mel-cache-train"] == "fake-digest-0" and "folds" in inputs
     version = client.get_model_version_by_alias("sed-test", "candidate-fold0")
     assert str(version.version) == result.model_version and version.run_id == result.run_id
+    described = client.get_registered_model("sed-test").description
+    assert described == version.description and "fold model 0 of 2" in described and "/data/demo" in described
+    assert "Config version cfg0123456" in described and "git commit" in described
     served = mlflow.pyfunc.load_model("models:/sed-test@candidate")
     assert served.metadata.get_input_schema() is not None
     probs = served.predict(cache.mels(np.arange(2)))

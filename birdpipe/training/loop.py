@@ -468,6 +468,20 @@ def _log_run_inputs(run: FoldRun) -> None:
     trk.log_dataset(folds, "folds", frame_digest(folds), "folds", "training")
 
 
+def _model_description(run: FoldRun, tracking: FoldTracking) -> str:
+    """What a registered fold model was made of: data, folds, score and config version."""
+    folds = run.data.folds
+    n_folds = folds.filter(pl.col("fold") >= 0)["fold"].n_unique()
+    dataset = tracking.tags.get("birdpipe.dataset", str(getattr(run.data.cache, "cache_dir", "the mel cache")))
+    config = tracking.tags.get("birdpipe.train_version") or version(run.cfg, run.data.cache.mel_config)
+    return (
+        f"SED fold model {run.fold} of {n_folds} ({run.cfg.model.backbone}), trained on {dataset}: "
+        f"{run.train_windows['filename'].n_unique()} recordings of {folds.height} (the other folds), mel cache "
+        f"{str(run.data.cache.digest)[:12]}; best val_{run.cfg.metric} {run.state.best_score:.4f} at epoch "
+        f"{run.state.best_epoch + 1}. Config version {config}."
+    )
+
+
 def _log_best_model(run: FoldRun, tracking: FoldTracking, curve: Path) -> tuple[str, str | None]:
     """The best weights as an MLflow model (registered, aliased), plus checkpoint and curve artifacts."""
     model, meta = load_model(run.best_path)
@@ -476,7 +490,8 @@ def _log_best_model(run: FoldRun, tracking: FoldTracking, curve: Path) -> tuple[
     aliases = (cfg.model_alias, f"{cfg.model_alias}-fold{run.fold}") if cfg.model_alias else ()
     tags = {"fold": str(run.fold), "score": f"{run.state.best_score:.6f}",
             **{k: v for k, v in tracking.tags.items() if k.startswith("birdpipe.")}}  # fmt: skip
-    uri, model_version = trk.log_torch_model(ProbabilityModel(model, model.cfg.clip_weight).eval(), example, cfg, aliases, tags)
+    uri, model_version = trk.log_torch_model(ProbabilityModel(model, model.cfg.clip_weight).eval(), example, cfg, aliases, tags,
+                                             _model_description(run, tracking))  # fmt: skip
     trk.log_artifact(run.best_path, "checkpoint")
     trk.log_artifact(curve, "plots")
     trk.log_dict({"classes": meta["classes"], "model": meta["model"], "mel": meta["mel"]}, "model_meta.json")
