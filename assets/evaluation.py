@@ -9,7 +9,7 @@ from birdpipe import tracking as mlf
 from birdpipe.config import PipelineConfig
 from birdpipe.data.folds import ALWAYS_TRAIN
 from birdpipe.evaluation.metrics import oof_scores, per_species_table
-from birdpipe.evaluation.thresholds import Thresholds, calibrate, plot_curve
+from birdpipe.evaluation.thresholds import Thresholds, calibrate
 from birdpipe.features.reader import MelCacheReader
 
 from .meta import md_table, mlflow_links, png
@@ -33,6 +33,7 @@ def build(cfg: PipelineConfig, blended: bool = False) -> list:
     ) -> dg.Output[str]:
         """Every window's prediction from the fold model that did not see it, scored with every year's metric."""
         from birdpipe.evaluation.oof import fold_scores, label_matrix, predict_out_of_fold, probability_matrix
+        from birdpipe.evaluation.plots import plot_species_scores
 
         checkpoints = {int(k): v["best_checkpoint"] for k, v in trained_model.items()}
         cache = MelCacheReader(dataset.mel_cache_dir(cfg.mel))
@@ -45,6 +46,7 @@ def build(cfg: PipelineConfig, blended: bool = False) -> list:
         per_fold = fold_scores(oof, classes)
         species = per_species_table(y_true, y_prob, classes)
         species.write_csv(out / "per_species.csv")
+        bars = plot_species_scores(species, out / "per_species.png")
         trk = tracking.config_for(dataset)
         with mlf.stage_run(trk, "oof_predictions", lineage_tags(context, dataset)) as run:
             mlf.log_metrics({f"oof_{k}": v for k, v in scores.items()} | per_fold)
@@ -57,6 +59,7 @@ def build(cfg: PipelineConfig, blended: bool = False) -> list:
                 "windows": oof.height,
                 "always_train_recordings": folds.filter(pl.col("fold") == ALWAYS_TRAIN).height,
                 "per_species": md_table(species, 30),
+                "per_species_plot": png(bars),
                 **mlflow_links(trk, run.info.run_id, run.info.experiment_id),
                 "oof_parquet": dg.MetadataValue.path(str(out / "oof.parquet")),
             },
@@ -69,6 +72,7 @@ def build(cfg: PipelineConfig, blended: bool = False) -> list:
     ) -> dg.Output[Thresholds]:
         """Global and per-species thresholds maximising the configured F1-type metric out of fold."""
         from birdpipe.evaluation.oof import class_columns, label_matrix, probability_matrix
+        from birdpipe.evaluation.plots import plot_threshold_curve
 
         oof = pl.read_parquet(predictions["oof_parquet"] if blended else predictions)
         classes = class_columns(oof)
@@ -76,7 +80,7 @@ def build(cfg: PipelineConfig, blended: bool = False) -> list:
         result = calibrate(y_true, y_prob, classes, cfg.thresholds)
         out = dataset.work.stage("thresholds", thresholds_version)
         result.to_json(out / "thresholds.json")
-        plot = plot_curve(result, out / "threshold_curve.png")
+        plot = plot_threshold_curve(result, out / "threshold_curve.png")
         calibrated = oof_scores(y_true, y_prob, classes, threshold=result.vector(classes))
         trk = tracking.config_for(dataset)
         with mlf.stage_run(trk, "thresholds", lineage_tags(context, dataset)) as run:

@@ -6,7 +6,7 @@ import polars as pl
 from birdpipe.config import PipelineConfig
 from birdpipe.features.cache import build_mel_cache
 
-from .meta import cache_metadata
+from .meta import cache_metadata, png
 from .resources import Dataset
 
 
@@ -28,20 +28,30 @@ def build(cfg: PipelineConfig) -> list:
         Downstream assets depend on it without loading its value: the folder follows from the
         mel parameters, whether the cache is one asset or shard partitions of one.
         """
+        from birdpipe.evaluation.plots import plot_mel_examples
+        from birdpipe.features.examples import species_examples
+
         readable = audio_manifest.filter(pl.col("readable")).select("filename")
         recordings = train_metadata.join(readable, on="filename", how="semi")
+        audio_dir = dataset.layout(cfg.dataset).audio_dir
         report = build_mel_cache(
             recordings,
-            dataset.layout(cfg.dataset).audio_dir,
+            audio_dir,
             dataset.work.root / "mel_cache",
             cfg.mel,
             cfg.cache,
             partition=(int(context.partition_key), cfg.cache.partitions) if partitions else None,
             log=context.log.info,
         )
+        pictures = {}
+        if cfg.cache.example_species:
+            examples = species_examples(recordings, audio_dir, cfg.mel, cfg.cache.example_species)
+            suffix = f"-{context.partition_key}" if partitions else ""
+            plot = report.cache_dir / f"examples{suffix}.png"
+            pictures["example_windows"] = png(plot_mel_examples(examples, cfg.mel, plot))
         return dg.Output(
             str(report.cache_dir),
-            metadata={**cache_metadata(report), "audio_hours": round(report.audio_seconds / 3600, 3)},
+            metadata={**cache_metadata(report), "audio_hours": round(report.audio_seconds / 3600, 3), **pictures},
             data_version=dg.DataVersion(report.digest),
         )
 

@@ -14,7 +14,7 @@ from birdpipe.models.birdnet import (
     BirdnetClassifier, BirdnetFeatures, BirdnetFiles, SpeciesMap, find_birdnet, load_labels, map_species, onnx_model,
 )  # fmt: skip
 
-from .meta import cache_metadata, md_table, mlflow_links, run_list
+from .meta import cache_metadata, md_table, mlflow_links, png, run_list
 from .resources import Dataset, Tracking, lineage_tags
 from .training import fold_partitions
 
@@ -145,6 +145,7 @@ def build(cfg: PipelineConfig, files: BirdnetFiles) -> list:
         from birdpipe.evaluation.members import blended_windows, head_oof, oof_set
         from birdpipe.inference.blended import save_blend_model
         from birdpipe.evaluation.oof import class_columns
+        from birdpipe.evaluation.plots import plot_members
         from birdpipe.features.reader import WindowCacheReader
 
         classes = taxonomy["primary_label"].to_list()
@@ -168,6 +169,7 @@ def build(cfg: PipelineConfig, files: BirdnetFiles) -> list:
         out = dataset.work.stage("ensemble", ensemble_version)
         out.mkdir(parents=True, exist_ok=True)
         table.write_csv(out / "members.csv")
+        side_by_side = plot_members(table, out / "members.png")
         blended_windows(members, blend, folds, train_metadata, classes).write_parquet(out / "oof_blend.parquet")
         by_kind = {kind: {int(f): p[kind] for f, p in heads["heads"].items()} for kind in cfg.heads.kinds}
         sed = {int(k): v["best_checkpoint"] for k, v in trained_model.items()}
@@ -178,6 +180,7 @@ def build(cfg: PipelineConfig, files: BirdnetFiles) -> list:
             mlf.log_params({"blend.weights": blend.weights, "blend.shrink": blend.shrink, "birdnet.unmatched": len(species.unmatched)})
             mlf.log_metrics({f"{r['member']}_{k}": v for r in table.iter_rows(named=True) for k, v in r.items() if k != "member"})
             mlf.log_artifact(out / "members.csv", "ensemble")
+            mlf.log_artifact(side_by_side, "ensemble")
             description = (f"Blend of {', '.join(members)} (weights {blend.weights}, shrink {blend.shrink}) tuned out of fold "
                            f"on {dataset.root}: {folds.height} recordings in {cfg.folds.n_folds} folds, BirdNET weights "
                            f"{files.digest[:12]}. Config version {ensemble_version}.")  # fmt: skip
@@ -190,6 +193,7 @@ def build(cfg: PipelineConfig, files: BirdnetFiles) -> list:
              "unmatched": species.unmatched},  # fmt: skip
             metadata={
                 "members": md_table(table),
+                "members_plot": png(side_by_side),
                 **{f"blend_{k}": v for k, v in blend_row.items() if k != "member"},
                 "tuned_file_auc_fold_mean": tuned,
                 "weights": dg.MetadataValue.json(blend.weights),

@@ -50,7 +50,7 @@ def build(cfg: PipelineConfig, blended: bool = False) -> list:
         """Predictions of every window of `files`; each file not read whole is logged with its reason."""
         from birdpipe.inference.predict import predict_soundscapes
 
-        predictions = predict_soundscapes(ensemble, files, ensemble.mel, sub_cfg, progress=False, skip_errors=True)
+        predictions = predict_soundscapes(ensemble, files, ensemble.mel, sub_cfg, progress=False, skip_errors=True, log=context.log.info)
         for path, status, reason, _, filled in predictions.files.filter(pl.col("status") != "ok").iter_rows():
             context.log.warning(f"{status} {path}: {reason}" + (f" ({filled} window(s) predicted on silence)" if filled else ""))
         return predictions

@@ -7,7 +7,8 @@ import polars as pl
 import pytest
 
 from birdpipe.config import ThresholdConfig
-from birdpipe.evaluation.thresholds import Thresholds, calibrate, objective_value, plot_curve
+from birdpipe.evaluation.plots import plot_threshold_curve
+from birdpipe.evaluation.thresholds import Thresholds, calibrate, objective_value
 
 CLASSES = ["aaa", "bbb", "ccc"]
 
@@ -88,7 +89,7 @@ def test_json_round_trip_and_plot(tmp_path):
     back = Thresholds.from_json(th.to_json(tmp_path / "t.json"))
     assert back.per_species == th.per_species and back.global_threshold == th.global_threshold
     assert back.curve.equals(th.curve)
-    png = plot_curve(th, tmp_path / "curve.png")
+    png = plot_threshold_curve(th, tmp_path / "curve.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

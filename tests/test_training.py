@@ -8,7 +8,8 @@ import torch
 from birdpipe.config import AugmentConfig, MelConfig, ModelConfig, TrackingConfig, TrainConfig
 from birdpipe.models.sed import load_model
 from birdpipe.models.predict import predict_windows, select_device
-from birdpipe.training.loop import FoldData, FoldTracking, lr_factor, plot_history, train_fold
+from birdpipe.evaluation.plots import plot_history
+from birdpipe.training.loop import FoldData, FoldTracking, lr_factor, train_fold
 
 CLASSES = ["sp0", "sp1", "sp2"]
 MEL = MelConfig(sample_rate=8000, n_fft=512, hop_length=640, n_mels=32, fmax=4000.0, noise_reduce=False)  # 63 frames

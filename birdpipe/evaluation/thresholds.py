@@ -211,31 +211,3 @@ def _best(values: np.ndarray) -> int:
     """Middle index of the maximal values: the centre of a plateau, not its lower edge."""
     top = np.flatnonzero(values >= np.nanmax(values) - 1e-12)
     return int(top[len(top) // 2])
-
-
-def plot_curve(thresholds: Thresholds, path: str | Path) -> Path:
-    """PNG of the objective against the global threshold, with the per-species thresholds as ticks."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    try:
-        ax.plot(thresholds.curve["threshold"], thresholds.curve["metric"], color="C0", label="global threshold")
-        ax.axvline(thresholds.global_threshold, color="C1", linestyle="--",
-                   label=f"best {thresholds.global_threshold:.3f}: {thresholds.global_score:.4f}")
-        ax.plot(list(thresholds.per_species.values()), np.zeros(len(thresholds.per_species)), "|",
-                color="C2", markersize=14, transform=ax.get_xaxis_transform(),
-                label=f"per species: {thresholds.per_species_score:.4f}")
-        ax.set(xlabel="threshold", ylabel=thresholds.objective, xlim=(0, 1),
-               title=f"Out-of-fold {thresholds.objective} against threshold")
-        ax.legend(loc="best")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-    finally:
-        plt.close(fig)
-    return path

@@ -52,6 +52,7 @@ from birdpipe.features.featurizer import Featurizer, MelFeatures, cache_version,
 from birdpipe.features.featurizer import compute_recording as _compute
 from birdpipe.parallel import imap_unordered
 from birdpipe.paths import atomic_write, inside
+from birdpipe.progress import Progress
 
 INDEX_SCHEMA = {
     "filename": pl.String,
@@ -372,7 +373,8 @@ def _compute_all(builder: _Builder, todo: list[str], audio_root: Path, labels: d
     pending: list[dict] = []
     size = seconds = 0.0
     results = imap_unordered(_compute, jobs, builder.cache.workers, on_failure=_lost, timeout_s=builder.cache.file_timeout_s)
-    for done, r in enumerate(results, 1):
+    progress = Progress(len(todo), builder.log, f"{builder.featurizer.kind} cache", "recordings", builder.cache.progress_every)
+    for r in results:
         pending.append(r)
         if r["status"] == "ok":
             size += sum(a.nbytes for a in r["arrays"].values())
@@ -382,8 +384,7 @@ def _compute_all(builder: _Builder, todo: list[str], audio_root: Path, labels: d
         if size >= limit:
             builder.flush(pending, labels)
             pending, size = [], 0.0
-        if done % 100 == 0:
-            builder.log(f"  {done}/{len(todo)} recordings")
+        progress.update(extra=f"{seconds / 3600:.2f} h of audio")
     if pending:
         builder.flush(pending, labels)
     return seconds

@@ -85,3 +85,9 @@ class CacheConfig(Section):
     partitions: PositiveInt = 1
     #: Windows per Parquet row group: the unit a random read decompresses.
     row_group_windows: PositiveInt = 8
+    #: Species whose example window (without and with noise reduction) the cache's asset
+    #: shows, so the gate's effect is seen rather than read from its settings; 0 for none.
+    example_species: NonNegativeInt = 6
+    #: Recordings between two progress lines (count, files/s, ETA) in the build's log; a line
+    #: also comes every 30 s while recordings finish, so a slow build is never silent.
+    progress_every: PositiveInt = 100

@@ -13,7 +13,7 @@ all is skipped, and `Predictions.files` lists every file with its status and rea
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,10 @@ from birdpipe.features.mel import stream_log_mel_windows
 from birdpipe.inference.config import SubmissionConfig
 from birdpipe.inference.ensemble import Ensemble
 from birdpipe.inference.formats import window_row_id
+from birdpipe.progress import Progress
+
+#: Soundscapes between two progress lines: one 10-minute soundscape takes seconds on a CPU.
+PROGRESS_EVERY = 10
 
 
 def soundscape_mel_config(mel: MelConfig) -> MelConfig:
@@ -116,17 +120,20 @@ def predict_soundscapes(
     sub_cfg: SubmissionConfig,
     progress: bool = True,
     skip_errors: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> Predictions:
     """Every window of `files` (row_id, soundscape_id, end_seconds, one column per class) and a
     row per file saying whether it was read whole, damaged (missing audio predicted as
     silence) or skipped.
 
     `skip_errors`: an unreadable file is skipped (status "skipped", with the reason) instead of raising.
+    `log`: progress lines (files/s, ETA) every `PROGRESS_EVERY` files and every 30 s, for logs where a bar cannot draw.
     """
     from tqdm import tqdm
 
     parts, outcomes = [], []
     bar = tqdm(files, desc="predict", unit="file", disable=not progress, file=sys.stderr)
+    lines = Progress(len(files), log or (lambda _: None), "predict", "files", PROGRESS_EVERY)
     windows = 0
     for path in bar:
         try:
@@ -137,6 +144,7 @@ def predict_soundscapes(
             if not skip_errors:
                 raise
             outcomes.append({"path": str(path), "status": "skipped", "reason": exc.reason, "windows": 0, "filled_windows": 0})
+            lines.update(extra=f"{windows} windows")
             continue
         damage = part["damage"][0]
         outcomes.append({"path": str(path), "status": "ok" if damage is None else "damaged", "reason": damage,
@@ -144,6 +152,7 @@ def predict_soundscapes(
         parts.append(part.drop(*FLAG_COLUMNS))
         windows += part.height
         bar.set_postfix(windows=windows)
+        lines.update(extra=f"{windows} windows")
     schema = {"soundscape_id": pl.String, "end_seconds": pl.Int64} | dict.fromkeys(ensemble.classes, pl.Float32)
     frame = pl.concat(parts) if parts else pl.DataFrame(schema=schema)
     return Predictions(frame.select(window_row_id(), pl.all()), pl.DataFrame(outcomes, schema=FILES_SCHEMA))

@@ -33,6 +33,7 @@ from torch import nn
 from birdpipe import tracking as trk
 from birdpipe.data.labels import class_weights, target_matrix
 from birdpipe.evaluation.metrics import VALIDATION_METRICS
+from birdpipe.evaluation.plots import plot_history
 from birdpipe.features.reader import CacheReader
 from birdpipe.models.predict import predict_batches, select_device
 from birdpipe.models.sed import ProbabilityModel, SedModel, build_model, load_model, model_meta, read_checkpoint, save_checkpoint
@@ -178,31 +179,6 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) 
 
 def frame_digest(df: pl.DataFrame) -> str:
     return hashlib.sha256(str(df.hash_rows().sum()).encode() + str(df.columns).encode()).hexdigest()[:16]
-
-
-def plot_history(history: list[dict[str, float]], path: str | Path) -> Path:
-    """Training curve PNG: losses on the left axis, the validation score on the right."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for key in ("train_loss", "val_loss"):
-        ax.plot(epochs, [h.get(key, math.nan) for h in history], marker="o", label=key)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    score = ax.twinx()
-    score.plot(epochs, [h.get("val_score", math.nan) for h in history], color="tab:green", marker="s", label="val_score")
-    score.set_ylabel("validation score")
-    fig.legend(loc="upper center", ncol=3, fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 def train_fold(
