@@ -7,7 +7,7 @@ DEMO_DATA := data/demo
 DEMO_CONFIG := configs/demo.toml
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: env birdnet demo run validate test ui bench bench-cache bench-train bench-infer bench-birdnet bench-gpu bench-validate clean-demo
+.PHONY: env birdnet demo run validate test test-ui ui bench bench-cache bench-train bench-infer bench-birdnet bench-gpu bench-validate clean-demo
 
 # The environment from the lock file; uv itself is installed with pip when absent.
 # --inexact: packages of other groups (BirdNET's) are kept, not removed.
@@ -26,6 +26,15 @@ $(VENV)/.birdnet: $(VENV)/.synced
 	@touch $@
 
 birdnet: $(VENV)/.birdnet
+
+# The browser test's tools: Debian's chromium and its driver (apt, as root or through sudo)
+# and selenium (the `ui` dependency group).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+$(VENV)/.ui: $(VENV)/.synced
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		($(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver)
+	$(UV) sync --frozen --inexact --group ui
+	@touch $@
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	@mkdir -p $(DAGSTER_HOME)
@@ -46,9 +55,14 @@ run: env $(DAGSTER_HOME)/dagster.yaml
 validate: env
 	$(VENV)/bin/birdpipe validate --data $(DATA) $(if $(CONFIG),--config $(CONFIG))
 
-test: env birdnet
+test: env birdnet $(VENV)/.ui
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q
+
+# The Dagster and MLflow UIs driven in headless Chromium (also part of `make test`);
+# screenshots in data/ui-screens/.
+test-ui: env $(VENV)/.ui
+	$(VENV)/bin/pytest -q -m ui tests/test_ui.py
 
 ui: env $(DAGSTER_HOME)/dagster.yaml
 	@echo "Dagster UI: http://127.0.0.1:3000   MLflow UI: http://127.0.0.1:5000"

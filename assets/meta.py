@@ -39,7 +39,7 @@ def cache_metadata(report) -> dict[str, dg.MetadataValue | int | float | str]:
 
 
 def mlflow_links(
-    cfg: mlf.TrackingConfig, run_id: str | None, experiment_id: str | None = None, version: str | None = None
+    cfg: mlf.TrackingConfig, run_id: str | None, experiment_id: str, version: str | None = None
 ) -> dict[str, dg.MetadataValue | str]:
     """Clickable links to the asset's MLflow run and, when it registered one, its model version."""
     if not run_id:

@@ -79,6 +79,7 @@ def build(cfg: PipelineConfig, teacher_scores: str | None = None) -> list:
         # One parent per training of all folds: the backfill when there is one, else the inputs.
         parent_key = context.run.tags.get("dagster/backfill") or version(train_version, cache.digest, frame_digest(folds))
         parent = mlf.parent_run(trk, parent_key, "trained_model", {"birdpipe.train_version": train_version})
+        experiment = mlf.configure(trk)
         teacher = pl.read_parquet(dataset.birdnet_scores(teacher_scores)) if teacher_scores else None
         data = FoldData(cache, folds, train_metadata, taxonomy["primary_label"].to_list(), dataset.layout(cfg.dataset).audio_dir, teacher)
         result = train_fold(
@@ -99,8 +100,8 @@ def build(cfg: PipelineConfig, teacher_scores: str | None = None) -> list:
                 "best_epoch": result.best_epoch,
                 "epochs": result.epochs_run,
                 "metric": cfg.train.metric,
-                **mlflow_links(trk, result.run_id, version=result.model_version),
-                "mlflow_parent_run": dg.MetadataValue.url(mlf.run_url(trk, parent)),
+                **mlflow_links(trk, result.run_id, experiment, result.model_version),
+                "mlflow_parent_run": dg.MetadataValue.url(mlf.run_url(trk, parent, experiment)),
                 "mlflow_parent_run_id": parent,
                 "checkpoint": dg.MetadataValue.path(str(result.best_checkpoint)),
                 **({"training_curve": png(result.curve)} if result.curve else {}),

@@ -70,15 +70,19 @@ def dagster_url(cfg: TrackingConfig) -> str:
     return (cfg.dagster_url or os.environ.get("BIRDPIPE_DAGSTER_URL") or "http://127.0.0.1:3000").rstrip("/")
 
 
-def run_url(cfg: TrackingConfig, run_id: str, experiment_id: str | None = None) -> str:
-    """An MLflow run's page (without the experiment, the UI's direct route finds it)."""
-    experiment = f"/experiments/{experiment_id}" if experiment_id else ""
-    return f"{ui_url(cfg)}/#{experiment}/runs/{run_id}"
+#: MLflow 3's UI shows the GenAI side (traces) unless the page asks for the training side; its
+#: own default comes from the browser's last choice, so every link asks.
+TRAINING_VIEW = "?workflowType=machine_learning"
+
+
+def run_url(cfg: TrackingConfig, run_id: str, experiment_id: str) -> str:
+    """An MLflow run's page, in the training view."""
+    return f"{ui_url(cfg)}/#/experiments/{experiment_id}/runs/{run_id}{TRAINING_VIEW}"
 
 
 def model_version_url(cfg: TrackingConfig, name: str, version: str) -> str:
-    """A registered model version's page."""
-    return f"{ui_url(cfg)}/#/models/{quote(name)}/versions/{version}"
+    """A registered model version's page, in the training view."""
+    return f"{ui_url(cfg)}/#/models/{quote(name)}/versions/{version}{TRAINING_VIEW}"
 
 
 def dagster_links(cfg: TrackingConfig, tags: Mapping[str, str]) -> dict[str, str]:
