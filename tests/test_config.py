@@ -43,6 +43,7 @@ BAD = [
     ("[folds]\nn_folds = 1", r"\[folds\] n_folds = 1: Input should be greater than or equal to 2"),
     ("[folds]\nalways_train_below = -1", r"\[folds\] always_train_below = -1: Input should be greater than or equal to 0"),
     ("[cache]\nfile_timeout_s = 0", r"\[cache\] file_timeout_s = 0: Input should be greater than 0"),
+    ("[tracking]\nui_url = \"localhost:5000\"", r"\[tracking\] ui_url = 'localhost:5000': String should match pattern"),
     ("[mel]\nfmax = 20000.0", r"\[mel\]: need fmin < fmax <= sample_rate / 2"),
     ("[mel]\nhop = 320", r"\[mel\] hop: unknown key"),
     ("[trian]\nepochs = 3", r"\[top level\] trian: unknown key"),

@@ -231,19 +231,24 @@ def test_the_asset_graph_lists_every_stage(stack: Stack, browser):
     _shot(browser, "dagster-lineage")
 
 
-def test_an_asset_page_shows_its_plot(stack: Stack, browser):
+def _show_picture(stack: Stack, driver, asset: str, entry: str, shot: str) -> None:
+    """Open an asset's page and the picture of metadata `entry` ("[Show Markdown]"); it must decode."""
     from selenium.webdriver.common.by import By
 
-    _open_dagster(browser, f"{stack.dagster}/assets/oof_predictions")
-    row = _until(browser, lambda d: d.find_element(By.XPATH, "//*[normalize-space(text())='per_species_plot']/ancestor::tr"),
-                 "the per_species_plot metadata row")  # fmt: skip
+    _open_dagster(driver, f"{stack.dagster}/assets/{asset}")
+    row = _until(driver, lambda d: d.find_element(By.XPATH, f"//*[normalize-space(text())='{entry}']/ancestor::tr"),
+                 f"the {entry} metadata row of {asset}")  # fmt: skip
     link = row.find_element(By.XPATH, ".//*[normalize-space(text())='[Show Markdown]']")
-    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", link)
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", link)
     link.click()
-    image = _until(browser, lambda d: d.find_element(By.CSS_SELECTOR, "[role=dialog] img[src^='data:image/png']"), "the plot in its dialog")
-    assert int(image.get_attribute("naturalWidth")) > 300, "the image did not decode"
-    _shot(browser, "dagster-asset-plot")
-    assert stack.metadata("mel_cache")["example_windows"].startswith("![examples.png](data:image/png;base64,")
+    image = _until(driver, lambda d: d.find_element(By.CSS_SELECTOR, "[role=dialog] img[src^='data:image/png']"), f"{entry} in its dialog")
+    assert int(image.get_attribute("naturalWidth")) > 300, f"{entry}: the image did not decode"
+    _shot(driver, shot)
+
+
+def test_asset_pages_show_their_pictures(stack: Stack, browser):
+    _show_picture(stack, browser, "oof_predictions", "per_species_plot", "dagster-asset-plot")
+    _show_picture(stack, browser, "mel_cache", "example_windows", "dagster-mel-examples")
 
 
 def test_a_materialization_launched_through_dagster_succeeds(stack: Stack, browser):
