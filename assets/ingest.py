@@ -100,6 +100,7 @@ def build(cfg: PipelineConfig) -> list:
                 "damaged": int(df["damaged"].sum()),
                 "audio_hours": round(float(df["duration_s"].fill_null(0).sum()) / 3600, 3),
                 "quarantine": md_table(bad.select("filename", "reason")),
+                "decoder_notes": md_table(df.filter(pl.col("decoder_notes").is_not_null()).select("filename", "decoder_notes")),
             },
             data_version=dg.DataVersion(str(fingerprint)),
         )

@@ -8,7 +8,6 @@ import polars as pl
 
 from birdpipe import tracking as mlf
 from birdpipe.config import PipelineConfig
-from birdpipe.data.layout import DatasetLayout
 from birdpipe.evaluation.members import BirdnetWindows
 from birdpipe.models.birdnet import (
     BirdnetClassifier, BirdnetFeatures, BirdnetFiles, SpeciesMap, find_birdnet, load_labels, map_species, onnx_model,
@@ -204,14 +203,10 @@ def build(cfg: PipelineConfig, files: BirdnetFiles) -> list:
             },
         )
 
-    def pseudo_dirs(layout: DatasetLayout) -> tuple[str, ...]:
-        """`[pseudo] dirs` less the folder the layout knows as labelled soundscapes (validation
-        data, also when `[dataset]` names it), plus the layout's unlabeled folder when
-        `[dataset] unlabeled_soundscapes` names one of another name."""
-        dirs = [d for d in cfg.pseudo.dirs if layout.root / d != layout.labelled_soundscapes]
-        if cfg.dataset.unlabeled_soundscapes and layout.unlabeled_soundscapes.is_relative_to(layout.root):
-            dirs.append(layout.unlabeled_soundscapes.relative_to(layout.root).as_posix())
-        return tuple(dict.fromkeys(dirs))
+    def unlabeled_dirs(dataset: Dataset) -> tuple[str, ...]:
+        from birdpipe.training.pseudo import pseudo_dirs
+
+        return pseudo_dirs(dataset.layout(cfg.dataset), cfg.pseudo.dirs, bool(cfg.dataset.unlabeled_soundscapes))
 
     def pseudo_assets() -> list:
         @dg.asset(group_name="features", code_version=soundscapes_version, kinds={"onnx", "parquet"})
@@ -222,7 +217,7 @@ def build(cfg: PipelineConfig, files: BirdnetFiles) -> list:
             from birdpipe.training.pseudo import unlabeled_recordings
 
             layout = dataset.layout(cfg.dataset)
-            recordings = unlabeled_recordings(layout.root, pseudo_dirs(layout))
+            recordings = unlabeled_recordings(layout.root, unlabeled_dirs(dataset))
             features = featurizer(cfg, files)
             report = build_window_cache(recordings, layout.root, dataset.soundscape_birdnet_dir(features.version()),
                                         features, cfg.cache, log=context.log.info)  # fmt: skip
@@ -249,7 +244,7 @@ def build(cfg: PipelineConfig, files: BirdnetFiles) -> list:
             out = dataset.work.stage("pseudo_labels", pseudo_version)
             heads0 = {int(f): {k: Path(p) for k, p in h.items()} for f, h in embedding_heads["heads"].items()}
             if not sound.keys.height:
-                context.log.warning(f"no soundscape windows to pseudo-label ({', '.join(pseudo_dirs(dataset.layout(cfg.dataset)))} "
+                context.log.warning(f"no soundscape windows to pseudo-label ({', '.join(unlabeled_dirs(dataset))} "
                                     f"under {dataset.root}); the heads trained on labels alone go to the ensemble")  # fmt: skip
             rounds = run_rounds(train, sound, folds, train_metadata, classes, heads0, cfg.blend.members, cfg.pseudo, cfg.heads,
                                 cfg.blend.weight_grid, cfg.blend.shrink_grid, out, log=context.log.info) if sound.keys.height else []  # fmt: skip

@@ -51,8 +51,8 @@ def build(cfg: PipelineConfig, blended: bool = False) -> list:
         from birdpipe.inference.predict import predict_soundscapes
 
         predictions = predict_soundscapes(ensemble, files, ensemble.mel, sub_cfg, progress=False, skip_errors=True, log=context.log.info)
-        for path, status, reason, _, filled in predictions.files.filter(pl.col("status") != "ok").iter_rows():
-            context.log.warning(f"{status} {path}: {reason}" + (f" ({filled} window(s) predicted on silence)" if filled else ""))
+        for line in predictions.problems():
+            context.log.warning(line)
         return predictions
 
     def skip(context: dg.AssetExecutionContext, reason: str) -> dg.AssetObservation:

@@ -129,9 +129,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     backend = "torch" if args.no_onnx else "onnxruntime"
     what = f"blend of {', '.join(ensemble.members)}" if hasattr(ensemble, "blend") else f"{len(ensemble.members)} fold model(s)"
     print(f"{preds.summary()}, {what} ({backend}) -> {out} (format {sub_cfg.format}); every file's status: {report}")
-    for path, status, reason, _, filled in preds.files.iter_rows():
-        if status != "ok":
-            print(f"  {status} {path}: {reason}" + (f" ({filled} window(s) predicted on silence)" if filled else ""))
+    for line in preds.problems():
+        print(f"  {line}")
     skipped = preds.skipped.height
     if skipped and not args.allow_skips:
         print(f"birdpipe predict: error: {skipped} of {len(files)} file(s) skipped, their windows are missing from {out} "

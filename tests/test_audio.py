@@ -1,4 +1,5 @@
 import numpy as np
+import polars as pl
 import pytest
 import soundfile as sf
 
@@ -182,3 +183,33 @@ def test_reasons_say_what_is_wrong_with_the_file(tmp_path):
     assert reasons["loop.ogg"] == "cannot be opened: Too many levels of symbolic links"
     assert reasons["dangling.ogg"] == f"broken symlink to {tmp_path / 'gone.ogg'}"
     assert reasons["folder.ogg"] == "not a regular file"
+
+
+def test_decoder_messages_stay_with_their_file_instead_of_the_terminal(tmp_path, capfd):
+    """mpg123 prints "Note: Illegal Audio-MPEG-Header ..." on the process's stderr; birdpipe
+    keeps those lines with the file (stream, probe, manifest, cache log), named."""
+    from birdpipe.data.manifest import build_manifest
+    from birdpipe.features import cache
+    from birdpipe.features.config import CacheConfig
+    from birdpipe.features.mel import MelConfig
+
+    good = tmp_path / "good.mp3"
+    sf.write(good, _tone(20.0), SR)  # the damage lands past the first block read (2 s)
+    data = bytearray(good.read_bytes())
+    third = len(data) // 3
+    data[third : third + 2000] = np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8).tobytes()
+    (tmp_path / "bad.mp3").write_bytes(bytes(data))
+    capfd.readouterr()
+
+    stream = audio.iter_blocks(tmp_path / "bad.mp3", SR)
+    assert sum(len(b) for b in stream) > 0
+    assert any("Illegal Audio-MPEG-Header" in note for note in stream.notes), stream.notes
+    assert audio.probe(tmp_path / "bad.mp3").notes == tuple(stream.notes)
+    assert audio.probe(good).notes == ()
+    manifest = build_manifest(pl.DataFrame({"filename": ["good.mp3", "bad.mp3"]}), tmp_path, workers=1)
+    assert manifest["decoder_notes"][0] is None and "Illegal Audio-MPEG-Header" in manifest["decoder_notes"][1]
+    lines: list[str] = []
+    recs = pl.DataFrame({"filename": ["bad.mp3"], "primary_label": ["aaa"], "secondary_labels": [[]]})
+    cache.build_mel_cache(recs, tmp_path, tmp_path / "cache", MelConfig(), CacheConfig(workers=1), log=lines.append)
+    assert any(line.startswith("decoder on bad.mp3: Note: Illegal Audio-MPEG-Header") for line in lines), lines
+    assert "Illegal" not in capfd.readouterr().err

@@ -173,3 +173,6 @@ def test_blend_graph_in_onnx_runtime_equals_the_numpy_blend(tmp_path):
     only = BlendSession(export_blend(prior, heads, tmp_path / "prior.onnx"))
     assert only.inputs == ["zero_shot"]
     np.testing.assert_allclose(only.run({"zero_shot": zero_shot}), prior.apply({"birdnet": zero_shot}), atol=1e-6)
+    # out of fold every member is scored; a zero-weight member must not fill in where inference cannot
+    every = {"birdnet": zero_shot, "mlp": np.mean([h.predict(x) for h in heads["mlp"]], axis=0)}
+    np.testing.assert_allclose(prior.apply(every), only.run({"zero_shot": zero_shot}), atol=1e-6)

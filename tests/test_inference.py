@@ -210,6 +210,22 @@ def test_predict_fills_every_window_of_a_cut_file_and_fails_on_skipped_files(tmp
     assert "1 of 1 file(s) skipped" in capsys.readouterr().err
 
 
+def test_a_file_whose_audio_does_not_decode_gets_its_header_length_on_silence(tmp_path, capsys):
+    """A WAV cut to its header (12 s stated, no samples) is damaged, not skipped: a
+    submission needs its windows, so they are predicted on silence and flagged."""
+    model = _fold_dir(tmp_path / "model", ["aaa", "bbb"], n_folds=1)
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    sf.write(tmp_path / "full.wav", np.zeros(12 * MEL.sample_rate, np.float32), MEL.sample_rate, subtype="PCM_16")
+    (audio / "header.wav").write_bytes((tmp_path / "full.wav").read_bytes()[:44])
+    out = tmp_path / "sub.csv"
+    assert main(["predict", "--model", str(model), "--audio", str(audio), "--out", str(out), "--format", "2025", "--no-onnx"]) == 0
+    assert pl.read_csv(out)["row_id"].to_list() == ["header_5", "header_10", "header_15"]
+    printed = capsys.readouterr().out
+    assert "1 files (1 damaged, 0 skipped), 3 windows (3 predicted on silence where audio was missing)" in printed
+    assert "12.00 s stated by its header predicted on silence" in printed
+
+
 def test_a_bad_model_path_fails_before_the_model_libraries_load(tmp_path):
     """It took 48 s of imports to say "no such model"; now the inputs are checked first."""
     import subprocess

@@ -82,3 +82,19 @@ def test_rounds_train_students_on_confident_soundscape_windows_and_score_each_ro
     assert frame.columns == ["round", "fold", "filename", "window_index", *CLASSES]
     assert frame.select(CLASSES).to_numpy().max(axis=1).min() >= 0.6
     assert best_round(rounds) in rounds
+
+
+def test_pseudo_dirs_leave_out_labelled_soundscapes_and_add_a_named_unlabeled_folder(tmp_path):
+    from birdpipe.data.config import DatasetConfig
+    from birdpipe.data.layout import detect_layout
+    from birdpipe.training.pseudo import pseudo_dirs
+
+    (tmp_path / "train_audio/aaa").mkdir(parents=True)
+    (tmp_path / "train_metadata.csv").write_text("primary_label,filename\naaa,aaa/x.ogg\n")
+    for d in ("field", "unlabeled_soundscapes", "train_soundscapes"):
+        (tmp_path / d).mkdir()
+    (tmp_path / "train_soundscape_labels.csv").write_text("row_id,site,audio_id,seconds,birds\n")
+    dirs = ("unlabeled_soundscapes", "train_soundscapes")
+    assert pseudo_dirs(detect_layout(tmp_path), dirs, named_unlabeled=False) == ("unlabeled_soundscapes",)
+    named = detect_layout(tmp_path, DatasetConfig(unlabeled_soundscapes="field"))
+    assert pseudo_dirs(named, dirs, named_unlabeled=True) == ("unlabeled_soundscapes", "field")

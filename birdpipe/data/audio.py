@@ -7,13 +7,20 @@ only as a fallback for what libsndfile cannot open. Decoding is streamed in bloc
 what was decoded and is flagged `damaged` with the seconds lost; a file that yields no usable
 audio raises `AudioError` with the reason, for quarantine.
 
+C decoders print notes on the process's stderr (mpg123: "Note: Illegal Audio-MPEG-Header
+..."); they are caught around each libsndfile call and kept in `AudioStream.notes`, so callers
+log them with the file's name instead of leaving unattributed lines on the terminal.
+
 Writing goes through `write`, one second per libsndfile call: libvorbis overflows its
 stack (SIGSEGV) when one call hands it minutes of audio to encode.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,6 +58,43 @@ class AudioInfo:
     channels: int
     frames: int
     damaged: bool
+    #: The C decoder's messages while reading the file (`AudioStream.notes`).
+    notes: tuple[str, ...] = ()
+
+
+class _DecoderNotes:
+    """What C code writes to file descriptor 2 while `capture()` is active, as lines.
+
+    Only libsndfile's calls are wrapped (a few syscalls each), never a caller's code, so the
+    caller's own stderr output (a progress bar) stays on the terminal."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self._file = None
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[None]:
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(buffering=0)
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(self._file.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if self._file.tell():  # the C writes moved the offset this descriptor shares
+                self._file.seek(0)
+                text = self._file.read().decode("utf-8", "replace")
+                self._file.seek(0)
+                self._file.truncate()
+                self.lines += [line.strip() for line in text.splitlines() if line.strip()]
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class _Source:
@@ -58,12 +102,14 @@ class _Source:
 
     def __init__(self, path: Path):
         self.path = path
+        self.notes = _DecoderNotes()
         if not path.is_file():
             raise AudioError(path, _not_a_file(path))
         if path.stat().st_size == 0:
             raise AudioError(path, "empty file (0 bytes)")
         try:
-            self._sf = sf.SoundFile(str(path))
+            with self.notes.capture():
+                self._sf = sf.SoundFile(str(path))
         except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
             self._sf = None
             self._ar = _audioread_open(path, exc)
@@ -95,7 +141,8 @@ class _Source:
         if start_frame:
             self._sf.seek(min(start_frame, self.frames))
         while limit > 0:
-            data = self._sf.read(int(min(READ_FRAMES, limit)), dtype="float32", always_2d=True)
+            with self.notes.capture():
+                data = self._sf.read(int(min(READ_FRAMES, limit)), dtype="float32", always_2d=True)
             if not len(data):
                 return
             limit -= len(data)
@@ -114,6 +161,7 @@ class _Source:
 
     def close(self) -> None:
         (self._sf or self._ar).close()
+        self.notes.close()
 
     def expected(self) -> tuple[float, bool]:
         """Seconds the file should hold (0: unknown), what a short read is measured against, and
@@ -191,13 +239,17 @@ class AudioStream:
         self.reason: str | None = None
         #: Seconds the header promises (0: unknown), set after iteration.
         self.expected_seconds = 0.0
+        #: What the C decoder printed while reading this file, one message per line.
+        self.notes: list[str] = []
         self.samples = 0
         self.source_rate = 0
         self.channels = 0
 
     def __iter__(self) -> Iterator[np.ndarray]:
         src = _Source(self.path)
-        self.source_rate, self.channels = src.sample_rate, src.channels
+        self.source_rate, self.channels, self.notes = src.sample_rate, src.channels, src.notes.lines
+        #: Known before decoding, so a caller can still fill a file that decodes to nothing.
+        self.expected_seconds, ogg_cut = src.expected()
         pending: list[np.ndarray] = []
         n_pending = 0
         for chunk in _resampled(src.blocks(), src.sample_rate, self.sr):
@@ -211,13 +263,12 @@ class AudioStream:
         if n_pending:
             self.samples += n_pending
             yield np.concatenate(pending)
-        self._finish(src)
+        self._finish(src, ogg_cut)
 
-    def _finish(self, src: _Source) -> None:
+    def _finish(self, src: _Source, ogg_cut: bool) -> None:
         if self.samples == 0:
             raise AudioError(self.path, f"decoding failed: {src.damage}" if src.damage else "no audio frames (zero length)")
-        expected, ogg_cut = src.expected()
-        self.expected_seconds, decoded = expected, self.samples / self.sr
+        expected, decoded = self.expected_seconds, self.samples / self.sr
         short = expected and decoded < expected - 0.001 - 1 / self.sr
         of = f"{decoded:.2f} s of {expected:.2f} s decoded, {expected - decoded:.2f} s lost" if short else f"{decoded:.2f} s decoded"
         if src.damage is not None:
@@ -287,20 +338,25 @@ def probe(path: str | Path, decode: bool = True) -> AudioInfo:
     """What a file holds; never raises. `decode` reads it through (at native rate) to find
     damaged frames and NaNs, which the header cannot tell."""
     path = Path(path)
+    stream = None
     try:
         src = _Source(path)
         rate, channels = src.sample_rate, src.channels
-        frames = max(src.frames, round(src.expected()[0] * rate))
         if decode:
+            src.close()
             stream = AudioStream(path, rate, block_seconds=600.0)
             for _ in stream:
                 pass
             frames, damaged, reason = stream.samples, stream.damaged, stream.reason
         else:
+            frames = max(src.frames, round(src.expected()[0] * rate))
             src.close()
             if frames == 0:
                 raise AudioError(path, "no audio frames (zero length)")
             damaged, reason = False, None
-        return AudioInfo(str(path), True, reason, frames / rate, rate, channels, frames, damaged)
+        notes = stream.notes if stream else src.notes.lines
+        return AudioInfo(str(path), True, reason, frames / rate, rate, channels, frames, damaged, tuple(notes))
     except AudioError as exc:
-        return AudioInfo(str(path), False, exc.reason, 0.0, 0, 0, 0, False)
+        return AudioInfo(str(path), False, exc.reason, 0.0, 0, 0, 0, False, tuple(stream.notes if stream else ()))
+    except AudioError as exc:
+        return AudioInfo(str(path), False, exc.reason, 0.0, 0, 0, 0, False, tuple(stream.notes))

@@ -21,6 +21,8 @@ MANIFEST_SCHEMA = {
     "readable": pl.Boolean,
     "reason": pl.String,
     "damaged": pl.Boolean,
+    #: What the C decoder printed while reading the file ("Note: Illegal Audio-MPEG-Header ..."), " | "-joined.
+    "decoder_notes": pl.String,
     "duration_s": pl.Float64,
     "sample_rate": pl.Int64,
     "channels": pl.Int64,
@@ -50,6 +52,7 @@ def _row(args: tuple[str, str, bool], info: AudioInfo) -> dict[str, Any]:
         "readable": info.readable,
         "reason": info.reason,
         "damaged": info.damaged,
+        "decoder_notes": " | ".join(info.notes) or None,
         "duration_s": info.duration_s if info.readable else None,
         "sample_rate": info.sample_rate or None,
         "channels": info.channels or None,

@@ -50,8 +50,11 @@ class Blend:
         total = w.sum(axis=0)
         filled = np.nan_to_num(stack, nan=0.0)
         blended = (w * filled).sum(axis=0) / np.where(total > 0, total, 1.0)
-        # no weighted member scores the species: fall back to the mean of those that do
-        fallback = np.nanmean(np.where(np.isnan(stack).all(axis=0, keepdims=True), 0.0, stack), axis=0)
+        # no weighted member scores the species: fall back to the mean of the blend's members
+        # that do (those the exported blend holds, so out-of-fold scores match inference)
+        in_blend = np.array([self.weights.get(m, 0.0) > 0 for m in members])
+        pool = stack[in_blend] if in_blend.any() else stack
+        fallback = np.nanmean(np.where(np.isnan(pool).all(axis=0, keepdims=True), 0.0, pool), axis=0)
         return np.where(total > 0, blended, fallback).astype(np.float32)
 
     def to_json(self, path: Path) -> Path:

@@ -381,6 +381,8 @@ def _compute_all(builder: _Builder, todo: list[str], audio_root: Path, labels: d
             seconds += r["duration_s"]
         else:
             builder.log(f"quarantined {r['filename']}: {r['reason']}")
+        if r.get("notes"):
+            builder.log(f"decoder on {r['filename']}: " + " | ".join(r["notes"]))
         if size >= limit:
             builder.flush(pending, labels)
             pending, size = [], 0.0

@@ -89,7 +89,7 @@ def compute_recording(job: tuple[str, str, Featurizer]) -> dict[str, Any]:
     try:
         out["content_hash"] = content_hash(Path(path))
         out["arrays"], out["starts"], stream = featurizer.compute(Path(path))
-        out.update(status="ok", damaged=stream.damaged, reason=stream.reason, duration_s=stream.samples / stream.sr)
+        out.update(status="ok", damaged=stream.damaged, reason=stream.reason, duration_s=stream.samples / stream.sr, notes=stream.notes)
     except audio.AudioError as exc:
         out.update(status="quarantined", reason=exc.reason)
     except Exception as exc:  # noqa: BLE001 - one file must never stop the build

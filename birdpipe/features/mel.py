@@ -74,31 +74,36 @@ def window_starts(n_samples: int, cfg: MelConfig) -> np.ndarray:
     return starts
 
 
-def frame_windows(wave: np.ndarray, starts: np.ndarray, cfg: MelConfig) -> np.ndarray:
-    """[len(starts), window_samples] float32, zero-padded past the end of `wave`."""
+def frame_windows(wave: np.ndarray, starts: np.ndarray, cfg: MelConfig, pad: int = 0) -> np.ndarray:
+    """[len(starts), pad + window_samples + pad] float32, zero-padded past the end of `wave`
+    (and `pad` zeros each side: the STFT's centring, without a second copy)."""
     win = cfg.window_samples
-    out = np.zeros((len(starts), win), np.float32)
+    out = np.zeros((len(starts), win + 2 * pad), np.float32)
     for i, s in enumerate(starts):
         seg = wave[s : s + win]
-        out[i, : len(seg)] = seg
+        out[i, pad : pad + len(seg)] = seg
     return out
 
 
-def mel_power(frames: np.ndarray, cfg: MelConfig) -> np.ndarray:
-    """Mel power [windows, n_mels, n_frames] of windows [windows, samples] (centred,
-    zero-padded frames as librosa). One window at a time keeps the STFT in cache."""
+def mel_power(padded: np.ndarray, cfg: MelConfig) -> np.ndarray:
+    """Mel power [windows, n_mels, n_frames] of windows [windows, samples] zero-padded by
+    n_fft // 2 each side (centred frames, as librosa). One window at a time keeps the STFT
+    in cache."""
     import scipy.fft
 
     n_fft, hop = cfg.n_fft, cfg.hop_length
     basis = mel_basis(cfg.sample_rate, n_fft, cfg.n_mels, cfg.fmin, cfg.fmax)
     window = _hann(n_fft)
-    padded = np.pad(np.asarray(frames, np.float32), ((0, 0), (n_fft // 2, n_fft // 2)))
-    out = np.empty((len(frames), cfg.n_mels, cfg.n_frames), np.float32)
+    out = np.empty((len(padded), cfg.n_mels, cfg.n_frames), np.float32)
+    #: The power spectrum is written bins-major, the layout the sparse product reads
+    #: (given the transpose of a frames-major array, scipy copies it first).
+    power = np.empty((n_fft // 2 + 1, cfg.n_frames), np.float32)
     for i, row in enumerate(padded):
         spec = scipy.fft.rfft(np.lib.stride_tricks.sliding_window_view(row, n_fft)[::hop] * window, axis=-1)
         parts = spec.view(np.float32)
         np.multiply(parts, parts, out=parts)
-        out[i] = basis @ (parts[:, 0::2] + parts[:, 1::2]).T
+        np.add(parts[:, 0::2], parts[:, 1::2], out=power.T)
+        out[i] = basis @ power
     return out
 
 
@@ -150,7 +155,7 @@ def stream_log_mel_windows(blocks: Iterable[np.ndarray], cfg: MelConfig) -> Iter
     buf, buf_start, next_start, total = np.zeros(0, np.float32), 0, 0, 0
 
     def emit(starts: np.ndarray):
-        frames = frame_windows(buf, starts - buf_start, cfg)
+        frames = frame_windows(buf, starts - buf_start, cfg, pad=cfg.n_fft // 2)
         valid = np.minimum(win, total - starts)
         return _chunk_log_mel(frames, valid, cfg), starts / cfg.sample_rate
 

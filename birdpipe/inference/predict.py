@@ -56,14 +56,23 @@ def smooth(probs: np.ndarray, kernel: Sequence[float]) -> np.ndarray:
 
 #: Per-window columns besides the classes: `filled` marks a window (partly) past the decoded
 #: audio, predicted on silence; `damage` is the file's damage reason (null when clean).
-FLAG_COLUMNS = {"filled": pl.Boolean, "damage": pl.String}
-FILES_SCHEMA = {"path": pl.String, "status": pl.String, "reason": pl.String, "windows": pl.Int64, "filled_windows": pl.Int64}
+FLAG_COLUMNS = {"filled": pl.Boolean, "damage": pl.String, "decoder_notes": pl.String}
+FILES_SCHEMA = {"path": pl.String, "status": pl.String, "reason": pl.String, "windows": pl.Int64, "filled_windows": pl.Int64,
+                "decoder_notes": pl.String}  # fmt: skip
 
 
 def padded(stream: AudioStream) -> Iterator[np.ndarray]:
     """The stream's blocks, then silence up to the length the file's header promises (a cut or
-    damaged file still needs every window of a submission)."""
-    yield from stream
+    damaged file still needs every window of a submission). A file whose header states a
+    length but whose audio does not decode (at all, or past NaN samples) is damaged, not
+    skipped: its windows are predicted on silence."""
+    try:
+        yield from stream
+    except AudioError as exc:
+        if stream.expected_seconds <= stream.samples / stream.sr:
+            raise
+        stream.damaged = True
+        stream.reason = f"{exc.reason}; {stream.expected_seconds - stream.samples / stream.sr:.2f} s stated by its header predicted on silence"
     missing = int(round(stream.expected_seconds * stream.sr)) - stream.samples
     for start in range(0, max(missing, 0), stream.block):
         yield np.zeros(min(stream.block, missing - start), np.float32)
@@ -73,7 +82,9 @@ def flags(stream: AudioStream, starts: np.ndarray, window_seconds: float) -> pl.
     """`FLAG_COLUMNS` for windows starting at `starts` (seconds) of a decoded stream: on a
     damaged file, every window reaching past the audio decoded is filled."""
     filled = np.asarray(starts) + window_seconds > stream.samples / stream.sr + 1e-6
-    return pl.DataFrame({"filled": filled & stream.damaged, "damage": [stream.reason] * len(starts)}, schema=FLAG_COLUMNS)
+    notes = " | ".join(stream.notes) or None
+    return pl.DataFrame({"filled": filled & stream.damaged, "damage": [stream.reason] * len(starts), "decoder_notes": [notes] * len(starts)},
+                        schema=FLAG_COLUMNS)  # fmt: skip
 
 
 def predict_file(ensemble: Ensemble, path: Path, mel_cfg: MelConfig, sub_cfg: SubmissionConfig) -> pl.DataFrame:
@@ -104,6 +115,16 @@ class Predictions:
     @property
     def skipped(self) -> pl.DataFrame:
         return self.files.filter(pl.col("status") == "skipped")
+
+    def problems(self) -> list[str]:
+        """A line per file not read whole and per file whose decoder printed messages."""
+        lines = []
+        for path, status, reason, _, filled, notes in self.files.iter_rows():
+            if status != "ok":
+                lines.append(f"{status} {path}: {reason}" + (f" ({filled} window(s) predicted on silence)" if filled else ""))
+            if notes:
+                lines.append(f"decoder on {path}: {notes}")
+        return lines
 
     def summary(self) -> str:
         damaged = self.files.filter(pl.col("status") == "damaged")
@@ -143,12 +164,12 @@ def predict_soundscapes(
         except AudioError as exc:
             if not skip_errors:
                 raise
-            outcomes.append({"path": str(path), "status": "skipped", "reason": exc.reason, "windows": 0, "filled_windows": 0})
+            outcomes.append({"path": str(path), "status": "skipped", "reason": exc.reason, "windows": 0, "filled_windows": 0, "decoder_notes": None})
             lines.update(extra=f"{windows} windows")
             continue
         damage = part["damage"][0]
         outcomes.append({"path": str(path), "status": "ok" if damage is None else "damaged", "reason": damage,
-                         "windows": part.height, "filled_windows": int(part["filled"].sum())})  # fmt: skip
+                         "windows": part.height, "filled_windows": int(part["filled"].sum()), "decoder_notes": part["decoder_notes"][0]})  # fmt: skip
         parts.append(part.drop(*FLAG_COLUMNS))
         windows += part.height
         bar.set_postfix(windows=windows)

@@ -14,13 +14,14 @@ would need the soundscapes' mels and a retraining per round).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from birdpipe.data.layout import DatasetLayout
 from birdpipe.evaluation.blend import Blend, fold_counts, scores, tune
 from birdpipe.evaluation.members import BirdnetWindows, head_oof, oof_set
 from birdpipe.models.heads import Head
@@ -80,6 +81,16 @@ def run_rounds(
         rounds.append(_score(r, heads, labels, train, folds, metadata, classes, members, weight_grid, shrink_grid))
         log(f"round {r}: {_summary(rounds[-1])}")
     return rounds
+
+
+def pseudo_dirs(layout: DatasetLayout, dirs: Sequence[str], named_unlabeled: bool) -> tuple[str, ...]:
+    """`dirs` (`[pseudo] dirs`) less the folder the layout knows as labelled soundscapes
+    (validation data, also when `[dataset]` names it), plus the layout's unlabeled folder when
+    `[dataset] unlabeled_soundscapes` names one of another name (`named_unlabeled`)."""
+    kept = [d for d in dirs if layout.root / d != layout.labelled_soundscapes]
+    if named_unlabeled and layout.unlabeled_soundscapes and layout.unlabeled_soundscapes.is_relative_to(layout.root):
+        kept.append(layout.unlabeled_soundscapes.relative_to(layout.root).as_posix())
+    return tuple(dict.fromkeys(kept))
 
 
 def unlabeled_recordings(root: Path, dirs: tuple[str, ...]) -> pl.DataFrame:
