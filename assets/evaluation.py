@@ -37,7 +37,7 @@ def build(cfg: PipelineConfig, blended: bool = False) -> list:
 
         checkpoints = {int(k): v["best_checkpoint"] for k, v in trained_model.items()}
         cache = MelCacheReader(dataset.mel_cache_dir(cfg.mel))
-        oof, classes = predict_out_of_fold(cache, folds, checkpoints, device=cfg.train.device)
+        oof, classes = predict_out_of_fold(cache, folds, checkpoints, device=cfg.train.device, log=context.log.info)
         out = dataset.work.stage("oof_predictions", oof_version)
         out.mkdir(parents=True, exist_ok=True)
         oof.write_parquet(out / "oof.parquet")

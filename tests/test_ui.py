@@ -55,6 +55,7 @@ class Stack:
     mlflow: str
     config: Path
     env: dict[str, str]
+    #: What `make demo` printed (stdout and Dagster's log on stderr).
     report: str
 
     def graphql(self, query: str, variables: dict | None = None) -> dict:
@@ -134,7 +135,7 @@ def stack(tiny_dataset: Path, tmp_path_factory) -> Iterator[Stack]:
                                            start_new_session=True), log))  # fmt: skip
         for (name, (_, url)), (proc, log) in zip(servers.items(), procs):
             _wait(url, name, log, proc)
-        stack = Stack(dagster, mlflow, config, env, demo.stdout)
+        stack = Stack(dagster, mlflow, config, env, demo.stdout + demo.stderr)
         stack.graphql("mutation { setNuxSeen }")  # the first visit's newsletter dialog would cover the pages
         yield stack
     finally:
@@ -215,6 +216,15 @@ def _shot(driver, name: str) -> None:
 def _stale(stack: Stack) -> dict[str, str]:
     nodes = stack.graphql("{ assetNodes { assetKey { path } staleStatus } }")["assetNodes"]
     return {"/".join(n["assetKey"]["path"]): n["staleStatus"] for n in nodes}
+
+
+def test_long_stages_log_progress_with_rate_and_eta(stack: Stack):
+    import re
+
+    for line in (r"mel cache: 24/24 recordings \(100%\), [\d.]+ recordings/s, done",
+                 r"out-of-fold prediction: \d+/\d+ windows \(100%\), [\d.]+ windows/s, done, fold 1",
+                 r"predict: 2/2 files \(100%\), [\d.]+ files/s, done, 10 windows"):  # fmt: skip
+        assert re.search(line, stack.report), f"no progress line like {line!r} in the run's log"
 
 
 def test_the_asset_graph_lists_every_stage(stack: Stack, browser):

@@ -6,7 +6,7 @@ thresholds are calibrated on.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from birdpipe.evaluation.metrics import oof_scores
 from birdpipe.features.reader import CacheReader
 from birdpipe.models.predict import predict_windows, select_device
 from birdpipe.models.sed import load_model
+from birdpipe.progress import Progress
 
 WINDOW_COLUMNS = ("row", "filename", "window_index", "start_seconds", "end_seconds", "primary_label", "secondary_labels")
 
@@ -29,10 +30,12 @@ def predict_out_of_fold(
     batch_size: int = 64,
     device: str = "auto",
     chunk_windows: int = 2048,
+    log: Callable[[str], None] | None = None,
 ) -> tuple[pl.DataFrame, list[str]]:
     """Window metadata, fold and one probability column per class; windows read in bounded chunks.
 
     Recordings in no validation fold (`folds.ALWAYS_TRAIN`) have no out-of-fold prediction.
+    `log`: a progress line (windows/s, ETA) after each chunk.
     """
     dev = select_device(device)
     held_out = folds.filter(pl.col("fold") != ALWAYS_TRAIN).select("filename", "fold")
@@ -41,6 +44,7 @@ def predict_out_of_fold(
     if missing:
         raise ValueError(f"no trained model for fold(s) {missing}: materialize every trained_model partition")
     parts, classes = [], None
+    progress = Progress(windows.height, log or (lambda _: None), "out-of-fold prediction", "windows", every=chunk_windows)
     for fold, checkpoint in sorted(checkpoints.items()):
         model, meta = load_model(checkpoint, dev)
         if classes is not None and meta["classes"] != classes:
@@ -51,10 +55,11 @@ def predict_out_of_fold(
             raise ValueError(f"class names {sorted(clash)} collide with window columns")
         held_out = windows.filter(pl.col("fold") == fold)
         rows = held_out["row"].to_numpy()
-        probs = [
-            predict_windows(model, cache.mels(rows[i : i + chunk_windows]), batch_size, dev, meta["model"]["clip_weight"])
-            for i in range(0, len(rows), chunk_windows)
-        ]
+        probs = []
+        for i in range(0, len(rows), chunk_windows):
+            chunk = rows[i : i + chunk_windows]
+            probs.append(predict_windows(model, cache.mels(chunk), batch_size, dev, meta["model"]["clip_weight"]))
+            progress.update(len(chunk), extra=f"fold {fold}")
         matrix = np.concatenate(probs) if probs else np.zeros((0, len(classes)), dtype=np.float32)
         parts.append(held_out.hstack(pl.DataFrame(matrix, schema=classes)))
     return pl.concat(parts).sort("row"), classes
