@@ -15,7 +15,7 @@ import dagster as dg
 
 from birdpipe.config import ConfigError, PipelineConfig, load_config
 
-from . import evaluation, features, ingest, pretrained, submission, training
+from . import deploy, evaluation, features, ingest, pretrained, submission, training
 from .resources import Dataset, Tracking, dataset_io_manager
 from .sensors import build_sensor
 
@@ -60,6 +60,7 @@ def build_defs(config: PipelineConfig, resources: Mapping[str, Any] | None = Non
         jobs=jobs,
         sensors=[build_sensor(config)],
         resources={**defaults, **(resources or {})},
+        executor=deploy.executor(config.deploy),
     )
 
 

@@ -9,6 +9,7 @@ from birdpipe.data.folds import always_train_species, assign_folds, fold_summary
 from birdpipe.features.reader import MelCacheReader
 from birdpipe.schema import version
 
+from .deploy import gpu_step_tags
 from .meta import md_table, png
 from .resources import Dataset, Tracking, lineage_tags
 
@@ -58,6 +59,7 @@ def build(cfg: PipelineConfig, teacher_scores: str | None = None) -> list:
         code_version=train_version,
         partitions_def=fold_partitions(cfg),
         pool="gpu",
+        op_tags=gpu_step_tags(cfg.deploy),
         deps=["mel_cache"] + (["birdnet_scores"] if teacher_scores else []),
         kinds={"pytorch", "mlflow"},
     )
