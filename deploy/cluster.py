@@ -13,6 +13,7 @@ Ports: $BIRDPIPE_PG_PORT, $BIRDPIPE_REDIS_PORT, $BIRDPIPE_MLFLOW_PORT, $BIRDPIPE
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pwd
 import shutil
@@ -207,6 +208,8 @@ def up(c: Cluster) -> None:
     pg_bin = postgres_bin()
     _init_postgres(c, pg_bin)
     print(f"birdpipe cluster in {c.dir}:", flush=True)
+    # A client (`exec`) sees the settings the cluster was started with.
+    (c.dir / "env.json").write_text(json.dumps(c.env(), indent=1))
     try:
         _start_all(c)
     except BaseException:
@@ -321,7 +324,9 @@ def main() -> int:
     args = parser.parse_args()
     c = Cluster.from_env()
     if args.command == "exec":  # a client: the cluster's settings, without the marker of its processes
-        env = {k: v for k, v in {**os.environ, **c.env()}.items() if k != "BIRDPIPE_CLUSTER"}
+        saved = c.dir / "env.json"
+        cluster_env = json.loads(saved.read_text()) if saved.exists() else c.env()
+        env = {k: v for k, v in {**os.environ, **cluster_env}.items() if k != "BIRDPIPE_CLUSTER"}
         return subprocess.run(args.argv, cwd=ROOT, env=env).returncode
     if args.command == "env":  # for a shell: eval "$(python deploy/cluster.py env)"
         print("\n".join(f"export {k}={v!r}" for k, v in c.env().items() if k not in ("PATH", "PYTHONPATH")))
