@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import field_validator
+
 from birdpipe.schema import PositiveInt, Section
 
 PROFILE_ENV = "BIRDPIPE_PROFILE"
@@ -28,6 +30,25 @@ class DeployConfig(Section):
     #: `torchrun --nproc_per_node=N` (DDP) through Dagster Pipes; the effective batch is
     #: N x `[train] batch_size`, so N is part of the model's version. In k8s, the GPUs a fold's pod requests.
     nproc_per_fold: PositiveInt = 1
+    #: Where asset values (the IO manager's pickles: frames, paths, scores) live when workers do
+    #: not share the work folder's disk: an fsspec URL every worker reaches (s3://bucket/prefix,
+    #: gs://..., or a shared mount's folder); credentials from the environment (AWS_*, ...).
+    #: None: `dagster_io/` in the dataset's work folder. Caches and checkpoints stay in the work
+    #: folder, which must be a shared mount across machines (docs/deployment.md says why).
+    io_root: str | None = None
+
+    @field_validator("io_root")
+    @classmethod
+    def _known_protocol(cls, value: str | None) -> str | None:
+        if value is not None:
+            import fsspec
+
+            protocol = value.split("://", 1)[0] if "://" in value else "file"
+            try:
+                fsspec.get_filesystem_class(protocol)
+            except (ImportError, ValueError) as exc:
+                raise ValueError(f"no fsspec filesystem for {protocol}://: {exc}") from None
+        return value
 
     @property
     def distributed(self) -> bool:

@@ -7,7 +7,8 @@ Everything listens on 127.0.0.1 and keeps its data, logs and PIDs under data/clu
 ($BIRDPIPE_CLUSTER_DIR). Each process is started in its own session and carries
 BIRDPIPE_CLUSTER=<that folder> in its environment, so `down` stops every process group it
 started and then any straggler that carries the marker: nothing is left behind.
-Ports: $BIRDPIPE_PG_PORT, $BIRDPIPE_REDIS_PORT, $BIRDPIPE_MLFLOW_PORT, $BIRDPIPE_DAGSTER_PORT.
+Ports: $BIRDPIPE_PG_PORT, $BIRDPIPE_REDIS_PORT, $BIRDPIPE_MLFLOW_PORT, $BIRDPIPE_DAGSTER_PORT;
+MLflow's artifact store: $BIRDPIPE_MLFLOW_ARTIFACTS (default data/cluster/mlartifacts).
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ class Cluster:
         )
 
     @property
+    def artifacts(self) -> str:
+        """Where the MLflow server keeps artifacts it proxies: a folder, or s3://... ($BIRDPIPE_MLFLOW_ARTIFACTS)."""
+        return os.environ.get("BIRDPIPE_MLFLOW_ARTIFACTS", str(self.dir / "mlartifacts"))
+
+    @property
     def dagster_home(self) -> Path:
         return self.dir / "dagster_home"
 
@@ -88,7 +94,7 @@ class Cluster:
             ("redis", ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", str(self.dir / "redis"),
                        "--save", "", "--appendonly", "no"]),  # fmt: skip
             ("mlflow", [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.mlflow_port), "--workers", "1",
-                        "--backend-store-uri", self.pg_url("mlflow"), "--artifacts-destination", str(self.dir / "mlartifacts")]),  # fmt: skip
+                        "--backend-store-uri", self.pg_url("mlflow"), "--artifacts-destination", self.artifacts]),  # fmt: skip
             ("webserver", [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(self.dagster_port), "-w", str(ROOT / "workspace.yaml")]),
             ("daemon", [str(BIN / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")]),
             ("worker-default", [*worker, "-Q", "default", "-n", f"default@{socket.gethostname()}", "--concurrency", "2"]),
