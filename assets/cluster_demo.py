@@ -16,9 +16,9 @@ import time
 import dagster as dg
 from dagster_graphql import DagsterGraphQLClient
 
-from birdpipe.config import load_config
+from birdpipe.config import PipelineConfig, load_config
 
-from .demo import QUIET, describe_dataset, report, stages
+from .demo import QUIET, describe_dataset, run_and_report, stages
 
 #: A run that has not finished after this long is reported with its id instead of waited on forever.
 RUN_TIMEOUT_S = float(os.environ.get("BIRDPIPE_RUN_TIMEOUT_S", 3 * 3600))
@@ -48,9 +48,8 @@ def wait(instance: dg.DagsterInstance, run_ids: list[str], timeout_s: float = RU
         raise RuntimeError(f"run(s) {', '.join(failed)} {state}; their logs are in the Dagster UI")
 
 
-def materialize_all(instance: dg.DagsterInstance, client: DagsterGraphQLClient) -> str:
+def materialize_all(config: PipelineConfig, instance: dg.DagsterInstance, client: DagsterGraphQLClient) -> str:
     """Every stage's runs submitted together, one stage after another; returns the evaluation run's id."""
-    config = load_config()
     describe_dataset(config)
     for stage in stages(config):
         started = time.perf_counter()
@@ -66,12 +65,7 @@ def main() -> int:
     if config.deploy.profile != "cluster":
         raise SystemExit("make cluster-demo runs in the cluster's environment (BIRDPIPE_PROFILE=cluster); start it with make cluster-up")
     client = DagsterGraphQLClient("127.0.0.1", port_number=int(os.environ["BIRDPIPE_DAGSTER_PORT"]))
-    instance = dg.DagsterInstance.get()
-    start = time.perf_counter()
-    evaluation = materialize_all(instance, client)
-    report(config, instance, evaluation)
-    print(f"wall time: {time.perf_counter() - start:.0f} s")
-    return 0
+    return run_and_report(config, lambda cfg, instance: materialize_all(cfg, instance, client))
 
 
 if __name__ == "__main__":

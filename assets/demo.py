@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -186,14 +187,18 @@ def _report_validation(val: dict) -> None:
         subprocess.run(cmd, check=True, cwd=PROJECT_ROOT)
 
 
-def main() -> int:
-    config = load_config()
+def run_and_report(config: PipelineConfig, materialize: Callable[[PipelineConfig, dg.DagsterInstance], dg.ExecuteInProcessResult | str]) -> int:
+    """`materialize` every stage against the instance of $DAGSTER_HOME, then print the report and the wall time."""
     instance = dg.DagsterInstance.get()
     start = time.perf_counter()
-    evaluation = materialize_all(config, instance)
+    evaluation = materialize(config, instance)
     report(config, instance, evaluation)
     print(f"wall time: {time.perf_counter() - start:.0f} s")
     return 0
+
+
+def main() -> int:
+    return run_and_report(load_config(), materialize_all)
 
 
 if __name__ == "__main__":

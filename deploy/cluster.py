@@ -248,17 +248,15 @@ def _start_all(c: Cluster) -> None:
 
 def running(c: Cluster) -> list[int]:
     """PIDs of every live process carrying this cluster's marker (children included)."""
-    marker = f"BIRDPIPE_CLUSTER={c.dir}".encode()
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            if marker in (proc / "environ").read_bytes().split(b"\0") and _state(int(proc.name)) != "Z":
-                found.append(int(proc.name))
-        except OSError:  # gone, or not ours to read
-            continue
-    return found
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and int(p.name) != os.getpid() and _ours(c, int(p.name))]
+
+
+def _ours(c: Cluster, pid: int) -> bool:
+    """Whether a live process carries this cluster's marker (a recorded PID may have been reused)."""
+    try:
+        return f"BIRDPIPE_CLUSTER={c.dir}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") and _state(pid) != "Z"
+    except OSError:  # gone, or not ours to read
+        return False
 
 
 def _state(pid: int) -> str:
@@ -279,6 +277,9 @@ def down(c: Cluster, timeout_s: float = 30.0) -> None:
         if not pid_file.exists():
             continue
         pid = int(pid_file.read_text())
+        pid_file.unlink()
+        if not _ours(c, pid):
+            continue
         # Postgres: SIGINT is its fast shutdown; the others end on SIGTERM.
         _signal_group(pid, signal.SIGINT if name == "postgres" else signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
@@ -287,7 +288,6 @@ def down(c: Cluster, timeout_s: float = 30.0) -> None:
         if _alive(pid):
             print(f"  {name} (pid {pid}) ignored the stop signal for {timeout_s:.0f} s: killed", flush=True)
             _signal_group(pid, signal.SIGKILL)
-        pid_file.unlink()
         print(f"  {name} stopped", flush=True)
     for pid in running(c):
         print(f"  straggler pid {pid} ({_cmdline(pid)}): killed", flush=True)
