@@ -6,7 +6,8 @@ monitoring), and two Celery workers: one on queue `default`, one on `gpu` (fold 
 Everything listens on 127.0.0.1 and keeps its data, logs and PIDs under data/cluster/
 ($BIRDPIPE_CLUSTER_DIR). Each process is started in its own session and carries
 BIRDPIPE_CLUSTER=<that folder> in its environment, so `down` stops every process group it
-started and then any straggler that carries the marker: nothing is left behind.
+started (PID and start time recorded) and then any straggler in those sessions or carrying the
+marker: nothing is left behind.
 Ports: $BIRDPIPE_PG_PORT, $BIRDPIPE_REDIS_PORT, $BIRDPIPE_MLFLOW_PORT, $BIRDPIPE_DAGSTER_PORT;
 MLflow's artifact store: $BIRDPIPE_MLFLOW_ARTIFACTS (default data/cluster/mlartifacts).
 """
@@ -138,7 +139,7 @@ def _start(c: Cluster, name: str, cmd: list[str], **popen) -> None:
     env = {**os.environ, **c.env()}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, **popen)  # fmt: skip
-    _pid_file(c, name).write_text(str(proc.pid))
+    _pid_file(c, name).write_text(f"{proc.pid} {_stat(proc.pid)[19]}")
     print(f"  {name}: pid {proc.pid}, log {log.name}", flush=True)
 
 
@@ -246,39 +247,56 @@ def _start_all(c: Cluster) -> None:
         _wait(name, ready, logs / f"{name}.log")
 
 
-def running(c: Cluster) -> list[int]:
-    """PIDs of every live process carrying this cluster's marker (children included)."""
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and int(p.name) != os.getpid() and _ours(c, int(p.name))]
+def running(c: Cluster, leaders: dict[str, int] | None = None) -> list[int]:
+    """Live processes of the cluster: those in a session it started (`leaders`, default: the
+    recorded ones), and any carrying its marker in their environment (a child that left the
+    session). Both, since Redis overwrites its environment with its process title."""
+    sessions = set((_leaders(c) if leaders is None else leaders).values())
+    marker = f"BIRDPIPE_CLUSTER={c.dir}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        stat = _stat(int(proc.name)) if proc.name.isdigit() and int(proc.name) != os.getpid() else None
+        if not stat or stat[0] == "Z":
+            continue
+        try:
+            if int(stat[3]) in sessions or marker in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:  # gone, or not ours to read
+            continue
+    return found
 
 
-def _ours(c: Cluster, pid: int) -> bool:
-    """Whether a live process carries this cluster's marker (a recorded PID may have been reused)."""
+def _leaders(c: Cluster) -> dict[str, int]:
+    """The recorded services still alive, by name: a PID counts only with its recorded start time
+    (a PID may have been reused since)."""
+    leaders = {}
+    for pid_file in (c.dir / "pids").glob("*.pid"):
+        pid, started = (int(x) for x in pid_file.read_text().split())
+        stat = _stat(pid)
+        if stat and stat[0] != "Z" and int(stat[19]) == started:
+            leaders[pid_file.stem] = pid
+    return leaders
+
+
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat after the command name: state, ppid, pgrp, session, ..., starttime at 19."""
     try:
-        return f"BIRDPIPE_CLUSTER={c.dir}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") and _state(pid) != "Z"
-    except OSError:  # gone, or not ours to read
-        return False
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return "X"
+        return None
 
 
 def _alive(pid: int) -> bool:
-    return _state(pid) not in ("X", "Z")
+    stat = _stat(pid)
+    return stat is not None and stat[0] != "Z"
 
 
 def down(c: Cluster, timeout_s: float = 30.0) -> None:
     """Stop the services in reverse order (each whole process group), then any straggler."""
+    leaders = _leaders(c)
     for name, _ in reversed(c.services()):
-        pid_file = _pid_file(c, name)
-        if not pid_file.exists():
-            continue
-        pid = int(pid_file.read_text())
-        pid_file.unlink()
-        if not _ours(c, pid):
+        pid = leaders.get(name)
+        if pid is None:
             continue
         # Postgres: SIGINT is its fast shutdown; the others end on SIGTERM.
         _signal_group(pid, signal.SIGINT if name == "postgres" else signal.SIGTERM)
@@ -289,15 +307,17 @@ def down(c: Cluster, timeout_s: float = 30.0) -> None:
             print(f"  {name} (pid {pid}) ignored the stop signal for {timeout_s:.0f} s: killed", flush=True)
             _signal_group(pid, signal.SIGKILL)
         print(f"  {name} stopped", flush=True)
-    for pid in running(c):
+    for pid in running(c, leaders):
         print(f"  straggler pid {pid} ({_cmdline(pid)}): killed", flush=True)
         os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while running(c) and time.monotonic() < deadline:
+    while running(c, leaders) and time.monotonic() < deadline:
         time.sleep(0.2)
-    left = running(c)
+    left = running(c, leaders)
     if left:
         raise SystemExit(f"processes still running after down: {left}")
+    for pid_file in (c.dir / "pids").glob("*.pid"):
+        pid_file.unlink()
     print("down: no cluster process left", flush=True)
 
 
@@ -316,11 +336,10 @@ def _cmdline(pid: int) -> str:
 
 
 def status(c: Cluster) -> None:
+    leaders = _leaders(c)
     for name, _ in c.services():
-        pid_file = _pid_file(c, name)
-        pid = int(pid_file.read_text()) if pid_file.exists() else None
-        print(f"{name:15s} {'up, pid ' + str(pid) if pid and _alive(pid) else 'down'}")
-    print(f"{len(running(c))} processes carry the cluster's marker")
+        print(f"{name:15s} {'up, pid ' + str(leaders[name]) if name in leaders else 'down'}")
+    print(f"{len(running(c, leaders))} processes belong to the cluster")
 
 
 def main() -> int:
