@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "deploy"))
+import cluster as deploy_cluster  # noqa: E402 (deploy/cluster.py, the script make cluster-up runs)
+
 CLUSTER_DIR = ROOT / "data" / "cluster-test"  # not under /tmp: Postgres runs as another user and must reach it
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1800)]
@@ -37,9 +40,6 @@ def _cluster(command: str, env: dict) -> None:
 def cluster(tiny_dataset, monkeypatch):
     if not shutil.which("redis-server") or not list(Path("/usr/lib/postgresql").glob("*/bin/postgres")):
         pytest.skip("needs Debian's postgresql and redis-server: make cluster-deps installs them")
-    sys.path.insert(0, str(ROOT / "deploy"))
-    import cluster as deploy_cluster
-
     env = {
         **os.environ,
         "BIRDPIPE_CLUSTER_DIR": str(CLUSTER_DIR),
@@ -115,7 +115,7 @@ def test_the_graph_runs_on_the_cluster(cluster):
     print(f"graph up to the fold models through the cluster: {time.perf_counter() - started:.0f} s")
 
     # Every step ran in a Celery worker's process, fold training on the gpu queue's worker.
-    pids = {name: int((cluster.dir / "pids" / f"{name}.pid").read_text()) for name in ("worker-default", "worker-gpu")}
+    pids = deploy_cluster._leaders(cluster)
     for (job, _), run_id in runs.items():
         starts = [e for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_START)]
         assert starts, f"{job}: no step started"
