@@ -7,7 +7,7 @@ DEMO_DATA := data/demo
 DEMO_CONFIG := configs/demo.toml
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: env birdnet demo run validate test test-ui ui bench bench-cache bench-train bench-infer bench-birdnet bench-gpu bench-validate clean-demo
+.PHONY: env birdnet demo run validate test test-ui test-cluster ui cluster-deps cluster-up cluster-down cluster-status cluster-demo bench bench-cache bench-train bench-infer bench-birdnet bench-gpu bench-validate clean-demo
 
 # The environment from the lock file; uv itself is installed with pip when absent.
 # --inexact: packages of other groups (BirdNET's) are kept, not removed.
@@ -55,9 +55,38 @@ run: env $(DAGSTER_HOME)/dagster.yaml
 validate: env
 	$(VENV)/bin/birdpipe validate --data $(DATA) $(if $(CONFIG),--config $(CONFIG))
 
+# The cluster test starts its own cluster (10-16 min here): `make test-cluster` runs it.
 test: env birdnet $(VENV)/.ui
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -m "not cluster"
+
+test-cluster: env cluster-deps
+	$(VENV)/bin/pytest -q -m cluster tests/test_cluster.py
+
+# The `cluster` profile on this machine (docs/deployment.md): Postgres, Redis, MLflow server,
+# Dagster webserver and daemon, two Celery workers (queues default and gpu); data, logs and
+# PIDs under data/cluster/. Ports: BIRDPIPE_PG_PORT (5433), BIRDPIPE_REDIS_PORT (6380),
+# BIRDPIPE_MLFLOW_PORT (5001), BIRDPIPE_DAGSTER_PORT (3001).
+CLUSTER := $(PY) configs/deploy/cluster.py
+
+# Debian's PostgreSQL and Redis (PyPI has no Redis server), when missing.
+cluster-deps:
+	@command -v redis-server >/dev/null && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql redis-server; }
+
+cluster-up: env cluster-deps $(DEMO_DATA)/.complete
+	BIRDPIPE_DATA=$${BIRDPIPE_DATA:-$(CURDIR)/$(DEMO_DATA)} BIRDPIPE_CONFIG=$${BIRDPIPE_CONFIG:-$(CURDIR)/$(DEMO_CONFIG)} $(CLUSTER) up
+
+cluster-down:
+	$(CLUSTER) down
+
+cluster-status:
+	$(CLUSTER) status
+
+# The demo graph through the running cluster: runs queued by the daemon, steps on the Celery workers.
+cluster-demo: env
+	$(CLUSTER) exec $(PY) -m assets.cluster_demo
 
 # The Dagster and MLflow UIs driven in headless Chromium (also part of `make test`);
 # screenshots in data/ui-screens/.

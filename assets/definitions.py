@@ -15,8 +15,8 @@ import dagster as dg
 
 from birdpipe.config import ConfigError, PipelineConfig, load_config
 
-from . import evaluation, features, ingest, pretrained, submission, training
-from .resources import Dataset, Tracking, dataset_io_manager
+from . import deploy, evaluation, features, ingest, pretrained, submission, training
+from .resources import Dataset, Tracking, dataset_io_manager_at
 from .sensors import build_sensor
 
 
@@ -53,13 +53,14 @@ def build_defs(config: PipelineConfig, resources: Mapping[str, Any] | None = Non
             dg.define_asset_job("folds_job", selection=["folds", *teacher_keys]),
         ]
     assets += pretrained_assets
-    defaults = {"dataset": Dataset(), "tracking": Tracking.from_config(config.tracking), "io_manager": dataset_io_manager}
+    defaults = {"dataset": Dataset(), "tracking": Tracking.from_config(config.tracking), "io_manager": dataset_io_manager_at(config.deploy.io_root)}
     return dg.Definitions(
         assets=[a for a in assets if not isinstance(a, dg.AssetChecksDefinition)],
         asset_checks=[a for a in assets if isinstance(a, dg.AssetChecksDefinition)],
         jobs=jobs,
         sensors=[build_sensor(config)],
         resources={**defaults, **(resources or {})},
+        executor=deploy.executor(config.deploy),
     )
 
 

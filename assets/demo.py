@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -19,6 +20,7 @@ from birdpipe import tracking as mlf
 from birdpipe.config import PipelineConfig, load_config
 from birdpipe.data.layout import detect_layout
 from birdpipe.paths import PROJECT_ROOT, default_data_root
+from birdpipe.tracking import tracking_uri
 
 from .definitions import build_defs
 from .features import cache_partitions
@@ -96,39 +98,56 @@ def _rel(path: str) -> str:
     return os.path.relpath(path, PROJECT_ROOT)
 
 
-def skipped(evaluation: dg.ExecuteInProcessResult, asset: str = "submission") -> str | None:
-    """Why `evaluate_job` did not make `asset` (a dataset without soundscapes, or without labelled ones), or None."""
-    for event in evaluation.asset_observations_for_node(asset):
+def skipped(evaluation: dg.ExecuteInProcessResult | str, asset: str = "submission", instance: dg.DagsterInstance | None = None) -> str | None:
+    """Why `evaluate_job` did not make `asset` (a dataset without soundscapes, or without labelled ones), or None.
+    `evaluation` is an in-process result, or the id of a run in `instance` (a run of the cluster)."""
+    if isinstance(evaluation, str):
+        logs = instance.all_logs(evaluation, of_type=dg.DagsterEventType.ASSET_OBSERVATION)
+        observations = [e.asset_observation for e in logs if e.asset_observation.asset_key == dg.AssetKey(asset)]
+    else:
+        observations = evaluation.asset_observations_for_node(asset)
+    for event in observations:
         if "skipped" in event.metadata:
             return event.metadata["skipped"].value
     return None
 
 
+def stages(config: PipelineConfig) -> list[list[tuple[str, str | None]]]:
+    """The jobs of the whole graph as (job, partition) runs, in stages: a stage's runs depend only
+    on earlier stages (each cache shard and each fold is its own run, as in the UI)."""
+    shards = cache_partitions(config)
+    plan = [[("prepare_job", None)]]
+    if shards is not None:
+        plan += [[("cache_job", shard) for shard in shards.get_partition_keys()], [("folds_job", None)]]
+    plan.append([("train_job", fold) for fold in fold_partitions(config).get_partition_keys()])
+    return plan + [[("evaluate_job", None)]]
+
+
 def materialize_all(config: PipelineConfig, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
-    """Every job in dependency order; each fold and cache shard is its own run, as in the UI.
+    """Every job in dependency order, one run after another in this process.
     Returns the evaluation run's result."""
     defs = build_defs(config)
+    describe_dataset(config)
+    for stage in stages(config):
+        for job, partition in stage:
+            result = run_job(defs, job, instance, partition)
+    return result
+
+
+def describe_dataset(config: PipelineConfig) -> None:
     root = default_data_root()
     layout = detect_layout(root, config.dataset)
     print(f"dataset {root}: {layout.name} layout, classes from {layout.class_source}, submission format "
           f"{config.submission.format or layout.submission_format}")
     if config.submission.soundscape_dir is None and layout.soundscapes() is None:
         print(f"note: {root} has no soundscape folder: every model is trained and evaluated, the submission is skipped")
-    run_job(defs, "prepare_job", instance)
-    shards = cache_partitions(config)
-    if shards is not None:
-        for shard in shards.get_partition_keys():
-            run_job(defs, "cache_job", instance, shard)
-        run_job(defs, "folds_job", instance)
-    for fold in fold_partitions(config).get_partition_keys():
-        run_job(defs, "train_job", instance, fold)
-    return run_job(defs, "evaluate_job", instance)
 
 
-def report(config: PipelineConfig, instance: dg.DagsterInstance, evaluation: dg.ExecuteInProcessResult) -> None:
-    """Scores, MLflow run ids and output paths from the latest materializations."""
+def report(config: PipelineConfig, instance: dg.DagsterInstance, evaluation: dg.ExecuteInProcessResult | str) -> None:
+    """Scores, MLflow run ids and output paths from the latest materializations (`evaluation`: the
+    evaluation run's in-process result, or its run id)."""
     oof, thresholds, sub = (latest(instance, k) for k in ("oof_predictions", "thresholds", "submission"))
-    skipped_submission = skipped(evaluation)
+    skipped_submission = skipped(evaluation, instance=instance)
     print(f"\n=== birdpipe: {_rel(str(default_data_root()))} ===")
     alias = config.tracking.model_alias
     for fold in fold_partitions(config).get_partition_keys():
@@ -150,13 +169,15 @@ def report(config: PipelineConfig, instance: dg.DagsterInstance, evaluation: dg.
         print(skipped_submission)
     else:
         print(f"submission ({sub['format']} format, {sub['rows']} rows): {_rel(sub['submission_csv'])}")
-    if not skipped(evaluation, "soundscape_validation"):
+    if not skipped(evaluation, "soundscape_validation", instance):
         _report_validation(latest(instance, "soundscape_validation"))
-    print(f"outputs: {_rel(str(Path(oof['oof_parquet']).parents[2]))}/   MLflow store: data/mlflow.db")
+    local = isinstance(evaluation, dg.ExecuteInProcessResult)
+    print(f"outputs: {_rel(str(Path(oof['oof_parquet']).parents[2]))}/   MLflow store: {'data/mlflow.db' if local else tracking_uri(config.tracking)}")
     if blend:
         print(f"registered blend: {blend.get('registered_model', '-')}: {blend.get('registered_model_version', '-')}")
-    print(f"Dagster run (evaluation): {mlf.dagster_url(config.tracking)}/runs/{evaluation.run_id}")
-    print(f"browse both: make ui  (Dagster {mlf.dagster_url(config.tracking)}, MLflow {mlf.ui_url(config.tracking)})")
+    print(f"Dagster run (evaluation): {mlf.dagster_url(config.tracking)}/runs/{evaluation.run_id if local else evaluation}")
+    if local:
+        print(f"browse both: make ui  (Dagster {mlf.dagster_url(config.tracking)}, MLflow {mlf.ui_url(config.tracking)})")
 
 
 def _report_validation(val: dict) -> None:
@@ -170,14 +191,18 @@ def _report_validation(val: dict) -> None:
         subprocess.run(cmd, check=True, cwd=PROJECT_ROOT)
 
 
-def main() -> int:
-    config = load_config()
+def run_and_report(config: PipelineConfig, materialize: Callable[[PipelineConfig, dg.DagsterInstance], dg.ExecuteInProcessResult | str]) -> int:
+    """`materialize` every stage against the instance of $DAGSTER_HOME, then print the report and the wall time."""
     instance = dg.DagsterInstance.get()
     start = time.perf_counter()
-    evaluation = materialize_all(config, instance)
+    evaluation = materialize(config, instance)
     report(config, instance, evaluation)
     print(f"wall time: {time.perf_counter() - start:.0f} s")
     return 0
+
+
+def main() -> int:
+    return run_and_report(load_config(), materialize_all)
 
 
 if __name__ == "__main__":

@@ -86,12 +86,22 @@ def lineage_tags(context: dg.AssetExecutionContext, dataset: Dataset) -> dict[st
     return tags
 
 
-@dg.io_manager(required_resource_keys={"dataset"})
-def dataset_io_manager(context: dg.InitResourceContext) -> dg.IOManager:
-    """Asset values (small frames, paths, scores) stored under the dataset's own work folder.
+def dataset_io_manager_at(io_root: str | None = None) -> dg.IOManagerDefinition:
+    """Asset values (small frames, paths, scores) stored per dataset: under its work folder, or
+    under `io_root` (`[deploy] io_root`, an fsspec URL such as s3://bucket/prefix, which workers
+    on other machines read through universal-pathlib).
 
     One Dagster instance can then serve several datasets: switching the data root, also by
     run config, never feeds one dataset's upstream values into another's downstream assets.
     """
-    dataset: Dataset = context.resources.dataset
-    return dg.FilesystemIOManager(base_dir=str(dataset.work.root / "dagster_io")).create_io_manager(context)
+
+    @dg.io_manager(required_resource_keys={"dataset"})
+    def dataset_io_manager(context: dg.InitResourceContext) -> dg.IOManager:
+        work = context.resources.dataset.work.root
+        base = f"{io_root.rstrip('/')}/{work.name}/dagster_io" if io_root else str(work / "dagster_io")
+        return dg.FilesystemIOManager(base_dir=base).create_io_manager(context)
+
+    return dataset_io_manager
+
+
+dataset_io_manager = dataset_io_manager_at()

@@ -1,14 +1,18 @@
 """Training: fold splits and one model per fold."""
 
+import sys
+
 import dagster as dg
 import polars as pl
 
 from birdpipe import tracking as mlf
 from birdpipe.config import PipelineConfig
+from birdpipe.paths import PROJECT_ROOT
 from birdpipe.data.folds import always_train_species, assign_folds, fold_summary
 from birdpipe.features.reader import MelCacheReader
 from birdpipe.schema import version
 
+from .deploy import gpu_step_tags
 from .meta import md_table, mlflow_links, png
 from .resources import Dataset, Tracking, lineage_tags
 
@@ -58,6 +62,7 @@ def build(cfg: PipelineConfig, teacher_scores: str | None = None) -> list:
         code_version=train_version,
         partitions_def=fold_partitions(cfg),
         pool="gpu",
+        op_tags=gpu_step_tags(cfg.deploy),
         deps=["mel_cache"] + (["birdnet_scores"] if teacher_scores else []),
         kinds={"pytorch", "mlflow"},
     )
@@ -82,10 +87,11 @@ def build(cfg: PipelineConfig, teacher_scores: str | None = None) -> list:
         experiment = mlf.configure(trk)
         teacher = pl.read_parquet(dataset.birdnet_scores(teacher_scores)) if teacher_scores else None
         data = FoldData(cache, folds, train_metadata, taxonomy["primary_label"].to_list(), dataset.layout(cfg.dataset).audio_dir, teacher)
-        result = train_fold(
-            data, fold, cfg.train, dataset.work.stage("trained_model", train_version) / f"fold-{fold}",
-            FoldTracking(trk, tags, parent), log=context.log.info,
-        )  # fmt: skip
+        out_dir = dataset.work.stage("trained_model", train_version) / f"fold-{fold}"
+        if cfg.deploy.nproc_per_fold > 1:
+            result = train_ddp(context, data, fold, out_dir, FoldTracking(trk, tags, parent))
+        else:
+            result = train_fold(data, fold, cfg.train, out_dir, FoldTracking(trk, tags, parent), log=context.log.info)
         return dg.Output(
             {
                 "fold": fold,
@@ -107,5 +113,19 @@ def build(cfg: PipelineConfig, teacher_scores: str | None = None) -> list:
                 **({"training_curve": png(result.curve)} if result.curve else {}),
             },
         )
+
+    def train_ddp(context: dg.AssetExecutionContext, data, fold: int, out_dir, tracking):
+        """`torchrun --standalone --nproc_per_node=N` on this machine, through Dagster Pipes: rank 0's
+        log lines stream into the run's log, and its result comes back as a Pipes message."""
+        from birdpipe.training.ddp import FoldSpec, result_from_dict
+
+        spec = FoldSpec.write(data, fold, cfg.train, out_dir, tracking)
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.deploy.nproc_per_fold}",
+                   "-m", "assets.ddp_fold", str(spec)]  # fmt: skip
+        context.log.info(f"fold {fold}: DDP over {cfg.deploy.nproc_per_fold} processes: {' '.join(command[1:])}")
+        messages = dg.PipesSubprocessClient(cwd=str(PROJECT_ROOT)).run(command=command, context=context).get_custom_messages()
+        if not messages:
+            raise RuntimeError(f"fold {fold}: torchrun ended without rank 0's result (its log is above)")
+        return result_from_dict(messages[-1])
 
     return [folds, trained_model]

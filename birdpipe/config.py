@@ -22,9 +22,10 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from birdpipe.data.config import DatasetConfig, FoldConfig
+from birdpipe.deploy import PROFILE_ENV, DeployConfig
 from birdpipe.evaluation.config import BlendConfig, ThresholdConfig
 from birdpipe.features.cache import cache_version
 from birdpipe.features.config import CacheConfig, MelConfig
@@ -35,7 +36,7 @@ from birdpipe.tracking import TrackingConfig
 from birdpipe.training.config import AugmentConfig, HeadConfig, PseudoLabelConfig, TrainConfig
 
 __all__ = [
-    "BirdnetConfig", "CacheConfig", "ConfigError", "DatasetConfig", "FoldConfig", "MelConfig", "ModelConfig", "AugmentConfig", "PipelineConfig",
+    "BirdnetConfig", "CacheConfig", "ConfigError", "DatasetConfig", "DeployConfig", "FoldConfig", "MelConfig", "ModelConfig", "AugmentConfig", "PipelineConfig",
     "SubmissionConfig", "ThresholdConfig", "TrackingConfig", "TrainConfig", "load_config", "parse_config",
 ]  # fmt: skip
 
@@ -80,15 +81,26 @@ class PipelineConfig(Section):
     thresholds: ThresholdConfig = Field(default_factory=ThresholdConfig)
     submission: SubmissionConfig = Field(default_factory=SubmissionConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
+
+    @model_validator(mode="after")
+    def _deploy_defaults(self) -> PipelineConfig:
+        """Outside `local`, the cache and embedding stages fan out over `[deploy] shards` partitions
+        unless `[cache] partitions` says otherwise (the cache's content does not depend on it)."""
+        if self.deploy.distributed and "partitions" not in self.cache.model_fields_set:
+            self.__dict__["cache"] = self.cache.replace(partitions=self.deploy.shards)
+        return self
 
     def stage_version(self, stage: str) -> str:
         """Hash of a stage's code revision and of every section its output depends on."""
         if stage == "mel_cache":
             return cache_version(self.mel)
         sections = _STAGE_INPUTS[stage]
+        #: DDP's processes multiply the effective batch: a fold trained by N > 1 is another model.
+        ddp = [self.deploy.nproc_per_fold] if stage == "trained_model" and self.deploy.nproc_per_fold > 1 else []
         return version(stage, REVISIONS[stage], *(getattr(self, s) for s in sections), *(
             self.stage_version(up) for up in self.upstream(stage)
-        ))  # fmt: skip
+        ), *ddp)  # fmt: skip
 
     def upstream(self, stage: str) -> tuple[str, ...]:
         """The stages whose versions `stage`'s own follows, with those the config switches on."""
@@ -134,10 +146,11 @@ _STAGE_UPSTREAM: dict[str, tuple[str, ...]] = {
 
 
 def load_config(path: str | Path | None = None) -> PipelineConfig:
-    """Read and validate a TOML config (default: $BIRDPIPE_CONFIG); missing keys keep their defaults."""
+    """Read and validate a TOML config (default: $BIRDPIPE_CONFIG); missing keys keep their defaults.
+    $BIRDPIPE_PROFILE, when set, replaces `[deploy] profile`."""
     path = path or os.environ.get(CONFIG_ENV)
     if not path:
-        return PipelineConfig()
+        return parse_config(_with_profile({}), f"${PROFILE_ENV}")
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
@@ -145,7 +158,12 @@ def load_config(path: str | Path | None = None) -> PipelineConfig:
         raise FileNotFoundError(f"{path}: birdpipe config file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_config(data, str(path))
+    return parse_config(_with_profile(data), str(path))
+
+
+def _with_profile(data: dict[str, Any]) -> dict[str, Any]:
+    profile = os.environ.get(PROFILE_ENV)
+    return {**data, "deploy": {**data.get("deploy", {}), "profile": profile}} if profile else data
 
 
 def parse_config(data: dict[str, Any], where: str = "config") -> PipelineConfig:

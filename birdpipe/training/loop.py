@@ -10,6 +10,10 @@ from (seed, epoch), not from a stream carried across epochs; so a run killed aft
 and restarted from `last.pt` redoes epoch k + 1 exactly as an uninterrupted run would.
 `last.pt` is written after every epoch (atomically) with the optimiser, scheduler, scaler,
 history and MLflow run id; `best.pt` holds the best-scoring weights.
+
+Under `torchrun` (`training.ddp`) every rank runs `train_fold`: DDP averages the gradients,
+each rank trains on its share of the epoch's crops, every rank validates on all windows
+(rank 0's score decides), and rank 0 alone writes checkpoints and MLflow runs.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from birdpipe.paths import list_audio
 from birdpipe.schema import version
 from birdpipe.training.augment import WaveContext, batch_augment, waveform_augment
 from birdpipe.training.config import TrainConfig
+from birdpipe.training.distributed import Ranks, current
 from birdpipe.training.losses import LossFn, LossParams, make_loss
 from birdpipe.training.samples import (
     Batch,
@@ -135,6 +140,9 @@ class FoldRun:
     out_dir: Path
     device: torch.device
     model: SedModel
+    #: What the optimiser steps through: the model, or its DDP wrapper under torchrun.
+    net: nn.Module
+    ranks: Ranks
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
@@ -189,7 +197,11 @@ def train_fold(
     tracking: FoldTracking | None = None,
     log: Callable[[str], None] = print,
 ) -> FoldResult:
-    """Train the fold's model on the other folds; resume from `out_dir/last.pt` when it matches."""
+    """Train the fold's model on the other folds; resume from `out_dir/last.pt` when it matches.
+    Under torchrun, every rank calls it; only rank 0 logs, tracks and writes."""
+    ranks = current()
+    if not ranks.main:
+        tracking, log = None, _quiet
     run = setup_fold(data, fold, cfg, out_dir, log)
     if run.state.done:
         log(f"fold {fold}: already trained ({run.state.epoch} epochs, best {run.state.best_score:.4f}); nothing to do")
@@ -230,14 +242,15 @@ def setup_fold(data: FoldData, fold: int, cfg: TrainConfig, out_dir: Path, log: 
     targets = Targets.build(train_w, cache.windows.height, classes, cfg.secondary_weight, cfg.label_smoothing,
                             cfg.rating_weights, teacher, cfg.distill.weight)  # fmt: skip
 
-    device = select_device(cfg.device)
+    ranks = current()
+    device = ranks.device(select_device(cfg.device))
     seed_everything(cfg.seed)
     model = build_model(cfg.model, len(classes)).to(device)
     cuda = device.type == "cuda"
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(train_w["filename"].n_unique() * (2 if cfg.crop == "both" else 1) / cfg.batch_size)
+    steps_per_epoch = math.ceil(train_w["filename"].n_unique() * (2 if cfg.crop == "both" else 1) / (cfg.batch_size * ranks.world))
     total, warmup = steps_per_epoch * cfg.epochs, steps_per_epoch * cfg.warmup_epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total, cfg.min_lr / cfg.lr))
     amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cfg.amp and cuda else None
@@ -246,16 +259,17 @@ def setup_fold(data: FoldData, fold: int, cfg: TrainConfig, out_dir: Path, log: 
     loss_fn = make_loss(cfg.loss, LossParams(class_weight=weights, focal_gamma=cfg.focal_gamma))
 
     run = FoldRun(
-        fold=fold, cfg=cfg, data=data, out_dir=out_dir, device=device, model=model, optimizer=optimizer,
+        fold=fold, cfg=cfg, data=data, out_dir=out_dir, device=device, model=model, net=model, ranks=ranks, optimizer=optimizer,
         scheduler=scheduler, scaler=scaler, loss_fn=loss_fn, amp_dtype=amp_dtype, train_windows=train_w,
         val_windows=val_w, targets=targets,
         val_truth=target_matrix(val_w["primary_label"].to_list(), [[]] * val_w.height, classes),
         fingerprint=version(cfg, classes, fold, cache.digest, frame_digest(data.folds.select("filename", "fold")),
-                            *([data.teacher_digest] if teacher is not None else [])),
+                            *([data.teacher_digest] if teacher is not None else []), *([ranks.world] if ranks.distributed else [])),
         wave=_wave_source(cfg, train_w, cache.mel_config.sample_rate, data.audio_root) if cfg.augment.uses_waveform else None,
         state=_State(), log=log,
     )  # fmt: skip
     run.state = _resume(run)
+    run.net = ranks.wrap(model, device)  # after resuming: DDP starts every rank from rank 0's weights
     return run
 
 
@@ -271,13 +285,14 @@ def run_epoch(run: FoldRun, epoch: int, log_metrics: bool = False) -> dict[str, 
     val_loader = make_loader(val, cfg.batch_size * 2, cfg.num_workers, cfg.seed)
     probs = predict_batches(run.model, (x for x, _, _ in val_loader), run.device, cfg.model.clip_weight)
     val_loss = float(nn.functional.binary_cross_entropy(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6), torch.from_numpy(run.val_truth)))
-    score = _safe_score(cfg.metric, run.val_truth, probs)
+    score = run.ranks.from_main(_safe_score(cfg.metric, run.val_truth, probs))
 
     state.epoch = epoch + 1
     improved = score > state.best_score
     if improved:
         state.best_score, state.best_epoch, state.bad_epochs = score, epoch, 0
-        save_checkpoint(run.best_path, run.model, run.meta(epoch, score))
+        if run.ranks.main:
+            save_checkpoint(run.best_path, run.model, run.meta(epoch, score))
     else:
         state.bad_epochs += 1
     row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_score": score,
@@ -286,7 +301,8 @@ def run_epoch(run: FoldRun, epoch: int, log_metrics: bool = False) -> dict[str, 
     state.done = state.bad_epochs >= cfg.patience or state.epoch >= cfg.epochs
     if log_metrics:
         trk.log_metrics({k: v for k, v in row.items() if k != "epoch"} | {"best_score": state.best_score}, step=epoch)
-    _save_last(run, run.meta(epoch, score), done=False)
+    if run.ranks.main:
+        _save_last(run, run.meta(epoch, score), done=False)
     run.log(f"fold {run.fold} epoch {epoch + 1}/{cfg.epochs}: train_loss {train_loss:.4f} val_loss {val_loss:.4f} "
             f"val_{cfg.metric} {score:.4f}{' (best)' if improved else ''} [{row['seconds']:.1f}s]")  # fmt: skip
     return row
@@ -295,6 +311,8 @@ def run_epoch(run: FoldRun, epoch: int, log_metrics: bool = False) -> dict[str, 
 def finish_fold(run: FoldRun, tracking: FoldTracking | None = None) -> FoldResult:
     """Keep the best weights (the last ones if no score was defined), plot the curve, log the model."""
     state = run.state
+    if not run.ranks.main:
+        return _result(run)
     if not run.best_path.exists():  # every score was NaN: keep the last weights as "best"
         save_checkpoint(run.best_path, run.model, run.meta(state.epoch - 1, math.nan))
     curve = plot_history(state.history, run.out_dir / "history.png")
@@ -313,13 +331,14 @@ def epoch_loader(run: FoldRun, epoch: int, rng: np.random.Generator) -> torch.ut
         if run.wave
         else MelWindows(run.data.cache, crops["row"].to_numpy(), run.targets)
     )
-    return make_loader(samples, cfg.batch_size, cfg.num_workers, cfg.seed * 1000 + epoch, pin_memory=run.device.type == "cuda")
+    return make_loader(samples, cfg.batch_size, cfg.num_workers, cfg.seed * 1000 + epoch, pin_memory=run.device.type == "cuda",
+                       sampler=run.ranks.sampler(samples))  # fmt: skip
 
 
 def train_steps(run: FoldRun, loader: Iterable[Batch], rng: np.random.Generator) -> float:
     """One optimiser step per batch of `loader` (batches may already be on the device); returns
     the mean loss. Public so that benchmarks time the very steps `train_fold` runs."""
-    cfg, model, device = run.cfg, run.model, run.device
+    cfg, model, device = run.cfg, run.net, run.device
     model.train()
     total, count = 0.0, 0
     for x, y, w in loader:
@@ -343,7 +362,12 @@ def train_steps(run: FoldRun, loader: Iterable[Batch], rng: np.random.Generator)
         run.scheduler.step()
         total += float(loss.detach()) * len(x)
         count += len(x)
+    total, count = run.ranks.sum(total, count)
     return total / max(count, 1)
+
+
+def _quiet(message: str) -> None:
+    """The log of ranks other than 0: rank 0 speaks for the fold."""
 
 
 def _wave_source(cfg: TrainConfig, train_w: pl.DataFrame, sample_rate: int, audio_root: Path | None) -> _WaveSource:

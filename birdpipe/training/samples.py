@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from birdpipe.data.audio import probe, read_segment
 from birdpipe.data.labels import rating_weights, target_matrix
@@ -202,12 +202,16 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def make_loader(dataset: Dataset, batch_size: int, num_workers: int, seed: int, pin_memory: bool = False) -> DataLoader:
-    """Sequential batches (the order is already shuffled); worker seeds fixed by `seed`."""
+def make_loader(
+    dataset: Dataset, batch_size: int, num_workers: int, seed: int, pin_memory: bool = False, sampler: Sampler | None = None
+) -> DataLoader:
+    """Sequential batches (the order is already shuffled); worker seeds fixed by `seed`;
+    `sampler`: this rank's share under DDP."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=False,
+        sampler=sampler,
         num_workers=num_workers,
         collate_fn=_as_batch,
         worker_init_fn=_seed_worker,
