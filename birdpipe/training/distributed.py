@@ -49,7 +49,7 @@ class Ranks:
         """Sums over ranks (e.g. a loss total and a sample count)."""
         if not self.distributed:
             return list(values)
-        t = torch.tensor(values, dtype=torch.float64)
+        t = torch.tensor(values, dtype=torch.float64, device=self._collective_device())
         torch.distributed.all_reduce(t)
         return t.tolist()
 
@@ -57,9 +57,13 @@ class Ranks:
         """Rank 0's value on every rank: decisions (best epoch, early stopping) must agree."""
         if not self.distributed:
             return value
-        t = torch.tensor([value], dtype=torch.float64)
+        t = torch.tensor([value], dtype=torch.float64, device=self._collective_device())
         torch.distributed.broadcast(t, src=0)
         return float(t.item())
+
+    def _collective_device(self) -> torch.device:
+        """NCCL reduces only CUDA tensors; gloo, CPU ones."""
+        return torch.device("cuda", self.local_rank) if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
 
 
 def current() -> Ranks:
