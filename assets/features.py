@@ -4,7 +4,7 @@ import dagster as dg
 import polars as pl
 
 from birdpipe.config import PipelineConfig
-from birdpipe.features.cache import build_mel_cache
+from birdpipe.features.cache import build_mel_cache, in_partition
 
 from .meta import cache_metadata, png
 from .resources import Dataset
@@ -34,18 +34,20 @@ def build(cfg: PipelineConfig) -> list:
         readable = audio_manifest.filter(pl.col("readable")).select("filename")
         recordings = train_metadata.join(readable, on="filename", how="semi")
         audio_dir = dataset.layout(cfg.dataset).audio_dir
+        shard = (int(context.partition_key), cfg.cache.partitions) if partitions else None
         report = build_mel_cache(
             recordings,
             audio_dir,
             dataset.work.root / "mel_cache",
             cfg.mel,
             cfg.cache,
-            partition=(int(context.partition_key), cfg.cache.partitions) if partitions else None,
+            partition=shard,
             log=context.log.info,
         )
         pictures = {}
         if cfg.cache.example_species:
-            examples = species_examples(recordings, audio_dir, cfg.mel, cfg.cache.example_species)
+            # a shard shows its own recordings' species: shards never decode the same examples
+            examples = species_examples(in_partition(recordings, shard), audio_dir, cfg.mel, cfg.cache.example_species)
             suffix = f"-{context.partition_key}" if partitions else ""
             plot = report.cache_dir / f"examples{suffix}.png"
             pictures["example_windows"] = png(plot_mel_examples(examples, cfg.mel, plot))

@@ -82,6 +82,12 @@ def partition_of(filename: str, n: int) -> int:
     return int.from_bytes(hashlib.blake2b(filename.encode(), digest_size=8).digest(), "big") % n
 
 
+def in_partition(recordings: pl.DataFrame, partition: tuple[int, int] | None) -> pl.DataFrame:
+    """The rows of `recordings` in shard `(i, n)` (all of them without one)."""
+    i, n = partition or (0, 1)
+    return recordings.filter(pl.Series([partition_of(f, n) == i for f in recordings["filename"]])) if n > 1 else recordings
+
+
 def digest(index: pl.DataFrame, cache_version: str) -> str:
     """Content digest for lineage: parameters + what each recording was and gave (not mtimes)."""
     cols = ["filename", "content_hash", "status", "n_windows", "primary_label", "secondary_labels"]
@@ -332,18 +338,15 @@ def build_window_cache(
     if not meta.exists():
         info = {"version": featurizer.version(), "kind": featurizer.kind, featurizer.kind: featurizer.params()}
         atomic_write(meta, lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
-    i, n = partition or (0, 1)
-    recs = recordings.unique("filename", keep="first", maintain_order=True)
-    if n > 1:
-        recs = recs.filter(pl.Series([partition_of(f, n) == i for f in recs["filename"]]))
-    builder = _Builder(cache_dir, (i, n), featurizer, cache, log)
+    recs = in_partition(recordings.unique("filename", keep="first", maintain_order=True), partition)
+    builder = _Builder(cache_dir, partition or (0, 1), featurizer, cache, log)
     todo, reused, removed = _plan(builder, recs, audio_root)
     log(f"{featurizer.kind} cache {cache_dir.name} [{builder.prefix}]: {len(todo)} to compute, {reused} reused, {removed} removed")
     labels = {f: (e["primary_label"], e["secondary_labels"]) for f, e in builder.entries.items()}
     computed = _compute_all(builder, todo, audio_root, labels)
     builder.compact()
     builder.save_index()
-    if n == 1:
+    if partition is None or partition[1] == 1:
         _drop_other_partitionings(cache_dir, builder.prefix)
     index = pl.DataFrame(list(builder.entries.values()), schema=INDEX_SCHEMA)
     ok = index.filter(pl.col("status") == "ok")
