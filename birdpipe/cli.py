@@ -10,12 +10,22 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from birdpipe.config import load_config
+if TYPE_CHECKING:
+    from birdpipe.config import PipelineConfig
+
+
+def _load_config(path: str | None) -> PipelineConfig:
+    """Imported on use: spawned worker processes import this module again (it is the main
+    module of `birdpipe ...`), and should not pay for every stage's config and its imports."""
+    from birdpipe.config import load_config as load
+
+    return load(path)
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = _load_config(args.config)
     print(json.dumps(config.to_dict(), indent=2))
     return 0
 
@@ -37,7 +47,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = _load_config(args.config)
     mel = config.mel if args.noise_reduce is None else config.mel.replace(noise_reduce=args.noise_reduce)
     cache = config.cache if args.workers is None else config.cache.replace(workers=args.workers)
 
@@ -62,7 +72,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = _load_config(args.config)
 
     from birdpipe.data.layout import detect_layout
     from birdpipe.data.validate import validate_dataset
@@ -85,7 +95,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = _load_config(args.config)
     from birdpipe.inference.formats import DEFAULT_FORMAT
 
     fmt = args.format or config.submission.format or DEFAULT_FORMAT

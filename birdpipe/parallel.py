@@ -268,6 +268,7 @@ def _serve(fn: Callable[[Any], Any], conn: Connection, parent_pid: int) -> None:
     _IN_WORKER = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent_pid)
+    _keep_freed_memory()
     conn.send(_READY)
     while True:
         try:
@@ -299,6 +300,27 @@ def _die_with_parent(parent_pid: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
     if os.getppid() != parent_pid:  # it died before the request took effect
         os._exit(1)
+
+
+#: glibc `mallopt` parameters and the values workers use: up to 64 MB of freed memory stays
+#: with the process, and blocks below 32 MB come from its heap rather than fresh mappings.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_KEEP_FREE_BYTES, _MMAP_ABOVE_BYTES = 64 << 20, 32 << 20
+
+
+def _keep_freed_memory() -> None:
+    """Reuse freed memory instead of handing it back to the kernel. With glibc's defaults, the
+    arrays of a few MB that decoding and transforms allocate per block are mapped, unmapped
+    and faulted in again page by page: on the mel cache that was 7x the page faults and a
+    tenth of the workers' CPU time spent in the kernel. A no-op on another libc."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None:
+        mallopt(_M_TRIM_THRESHOLD, _KEEP_FREE_BYTES)
+        mallopt(_M_MMAP_THRESHOLD, _MMAP_ABOVE_BYTES)
 
 
 def inject_fault(key: str) -> None:
