@@ -77,6 +77,18 @@ def test_smoothing_kernel_is_noisereduce_filter():
     np.testing.assert_allclose(ours, _smoothing_filter(4, 3), atol=1e-7)
 
 
+@pytest.mark.parametrize("n_bands, n_frames", [(4, 3), (2, 1), (1, 5)])
+def test_mask_smoothing_is_noisereduce_convolution(n_bands, n_frames):
+    """Box sums stand for the triangular kernel: equal to noisereduce's fftconvolve of it."""
+    from noisereduce.spectralgate.base import _smoothing_filter
+    from scipy.signal import fftconvolve
+
+    rng = np.random.default_rng(5)
+    mask = (rng.random((3, 40, 50)) > 0.6).astype(np.float32)
+    kernel = _smoothing_filter(n_bands, n_frames)[None]
+    np.testing.assert_allclose(denoise.smooth_mask(mask, n_bands, n_frames), fftconvolve(mask, kernel, mode="same"), atol=2e-6)
+
+
 # --- noise suppression against noisereduce on tones in coloured noise ------------------------
 
 

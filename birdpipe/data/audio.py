@@ -221,7 +221,8 @@ def _header(path: Path) -> tuple[float, bool]:
 
 
 def _mono(data: np.ndarray) -> np.ndarray:
-    return data[:, 0].copy() if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+    """[frames, channels] -> [frames]; one channel is a view (its column is contiguous)."""
+    return data.reshape(-1) if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
 
 
 class AudioStream:

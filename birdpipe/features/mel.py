@@ -85,25 +85,35 @@ def frame_windows(wave: np.ndarray, starts: np.ndarray, cfg: MelConfig, pad: int
     return out
 
 
+#: Frames per block: a block's frames, spectrum and power (about 0.5 MB each) stay in a core's
+#: L2 cache from the FFT to the mel projection, and their buffers are reused. Whole windows
+#: (313 frames, 2.5 MB per array) did not fit, and ran about a third slower on real recordings.
+BLOCK_FRAMES = 64
+
+
 def mel_power(padded: np.ndarray, cfg: MelConfig) -> np.ndarray:
     """Mel power [windows, n_mels, n_frames] of windows [windows, samples] zero-padded by
-    n_fft // 2 each side (centred frames, as librosa). One window at a time keeps the STFT
-    in cache."""
+    n_fft // 2 each side (centred frames, as librosa)."""
     import scipy.fft
 
-    n_fft, hop = cfg.n_fft, cfg.hop_length
+    n_fft, hop, n_frames = cfg.n_fft, cfg.hop_length, cfg.n_frames
     basis = mel_basis(cfg.sample_rate, n_fft, cfg.n_mels, cfg.fmin, cfg.fmax)
     window = _hann(n_fft)
-    out = np.empty((len(padded), cfg.n_mels, cfg.n_frames), np.float32)
-    #: The power spectrum is written bins-major, the layout the sparse product reads
-    #: (given the transpose of a frames-major array, scipy copies it first).
-    power = np.empty((n_fft // 2 + 1, cfg.n_frames), np.float32)
+    out = np.empty((len(padded), cfg.n_mels, n_frames), np.float32)
+    framed = np.empty((BLOCK_FRAMES, n_fft), np.float32)
+    #: Bins-major, the layout the sparse product reads (given the transpose of a frames-major
+    #: array, scipy would copy it first).
+    power = np.empty((n_fft // 2 + 1, BLOCK_FRAMES), np.float32)
     for i, row in enumerate(padded):
-        spec = scipy.fft.rfft(np.lib.stride_tricks.sliding_window_view(row, n_fft)[::hop] * window, axis=-1)
-        parts = spec.view(np.float32)
-        np.multiply(parts, parts, out=parts)
-        np.add(parts[:, 0::2], parts[:, 1::2], out=power.T)
-        out[i] = basis @ power
+        frames = np.lib.stride_tricks.sliding_window_view(row, n_fft)[::hop]
+        for j in range(0, n_frames, BLOCK_FRAMES):
+            block = frames[j : j + BLOCK_FRAMES]
+            k = len(block)
+            spec = scipy.fft.rfft(np.multiply(block, window, out=framed[:k]), axis=-1, overwrite_x=True)
+            parts = spec.view(np.float32)
+            np.multiply(parts, parts, out=parts)
+            np.add(parts[:, 0::2], parts[:, 1::2], out=power[:, :k].T)
+            out[i, :, j : j + k] = basis @ power[:, :k]
     return out
 
 
