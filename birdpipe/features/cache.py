@@ -43,8 +43,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from birdpipe.data import audio
 from birdpipe.features.config import CacheConfig, MelConfig
@@ -126,11 +124,10 @@ class CacheReport:
         )
 
 
-def _write_table(path: Path, table: pa.Table, cache: CacheConfig) -> None:
+def _write_table(path: Path, frame: pl.DataFrame, cache: CacheConfig) -> None:
     """Written by polars: its Parquet writer encodes the nested fixed-size lists of the array
     columns 6-10x faster than pyarrow's (whose levels and dictionary attempt cost more than
-    the mels), into the same schema; the files read back identically."""
-    frame = pl.from_arrow(table)
+    the mels)."""
     atomic_write(
         path,
         lambda tmp: frame.write_parquet(
@@ -151,33 +148,27 @@ def _lost(job: tuple[str, str, Featurizer], reason: str) -> dict[str, Any]:
 # --- shards ---------------------------------------------------------------------------------
 
 
-def _fixed_array(values: np.ndarray) -> pa.Array:
-    """[n, d1, d2, ...] -> nested fixed-size lists (polars: Array(d1, d2, ...))."""
-    arr = pa.array(np.ascontiguousarray(values).reshape(-1))
-    for size in reversed(values.shape[1:]):
-        arr = pa.FixedSizeListArray.from_arrays(arr, size)
-    return arr
-
-
-def _window_table(results: list[dict], labels: dict[str, tuple], window_seconds: float) -> pa.Table:
+def _window_table(results: list[dict], labels: dict[str, tuple], window_seconds: float) -> pl.DataFrame:
+    """One row per window of `results`. Built by polars straight from numpy: an array [n, d1,
+    d2, ...] becomes a column of fixed-size arrays (Parquet: nested fixed-size lists). Not
+    through pyarrow, whose `pa.array` of a Python list imports pandas to test it, a second
+    of the parent's time per build."""
     names, index, starts = [], [], []
     for r in results:
         k = len(r["starts"])
         names += [r["filename"]] * k
-        index.append(np.arange(k))
+        index.append(np.arange(k, dtype=np.int32))
         starts.append(r["starts"])
     starts = np.concatenate(starts)
-    prim = [labels[f][0] for f in names]
-    sec = [labels[f][1] for f in names]
-    return pa.table(
+    return pl.DataFrame(
         {
-            "filename": pa.array(names, pa.string()),
-            "window_index": pa.array(np.concatenate(index).astype(np.int32)),
-            "start_seconds": pa.array(starts),
-            "end_seconds": pa.array(starts + window_seconds),
-            "primary_label": pa.array(prim, pa.string()),
-            "secondary_labels": pa.array(sec, pa.list_(pa.string())),
-            **{col: _fixed_array(np.concatenate([r["arrays"][col] for r in results])) for col in results[0]["arrays"]},
+            "filename": pl.Series(names, dtype=pl.String),
+            "window_index": np.concatenate(index),
+            "start_seconds": starts,
+            "end_seconds": starts + window_seconds,
+            "primary_label": pl.Series([labels[f][0] for f in names], dtype=pl.String),
+            "secondary_labels": pl.Series([labels[f][1] for f in names], dtype=pl.List(pl.String)),
+            **{col: np.concatenate([r["arrays"][col] for r in results]) for col in results[0]["arrays"]},
         }
     )
 
@@ -200,9 +191,9 @@ class _Builder:
 
     def save_index(self) -> None:
         df = pl.DataFrame(list(self.entries.values()), schema=INDEX_SCHEMA)
-        _write_table(self.index_path, df.to_arrow(), self.cache)
+        _write_table(self.index_path, df, self.cache)
 
-    def write_shard(self, table: pa.Table) -> str:
+    def write_shard(self, table: pl.DataFrame) -> str:
         name = f"shard-{self.prefix}-{uuid.uuid4().hex[:12]}.parquet"
         _write_table(self.dir / name, table, self.cache)
         return name
@@ -249,13 +240,8 @@ class _Builder:
             )
             if want.height == windows.height and stale_labels.is_empty():
                 continue
-            table = pq.read_table(path).take(pa.array(want["row"].to_numpy()))
-            table = table.set_column(
-                table.schema.get_field_index("primary_label"), "primary_label", pa.array(want["primary_label_new"].to_list(), pa.string())
-            ).set_column(
-                table.schema.get_field_index("secondary_labels"),
-                "secondary_labels",
-                pa.array(want["secondary_labels_new"].to_list(), pa.list_(pa.string())),
+            table = pl.read_parquet(path)[want["row"]].with_columns(
+                want["primary_label_new"].alias("primary_label"), want["secondary_labels_new"].alias("secondary_labels")
             )
             name = self.write_shard(table)
             starts = want.with_row_index("new_row").group_by("filename").agg(pl.col("new_row").min())
