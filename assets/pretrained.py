@@ -1,5 +1,6 @@
 """Pretrained bird model members: BirdNET embeddings, heads on them, and the tuned blend."""
 
+from functools import partial
 from pathlib import Path
 
 import dagster as dg
@@ -61,7 +62,7 @@ def build(cfg: PipelineConfig, files: BirdnetFiles) -> list:
         from birdpipe.features.reader import WindowCacheReader
 
         reader = WindowCacheReader(cache_dir or dataset.birdnet_dir(featurizer(cfg, files).version()))
-        classifier = BirdnetClassifier.from_onnx(onnx_model(files))
+        classifier = partial(BirdnetClassifier.from_onnx, onnx_model(files))  # loaded only when not stored yet
         return cached_birdnet_windows(reader, cfg.mel.window_seconds, classifier, species_map(cfg, files, taxonomy))
 
     @dg.asset(group_name="features", code_version=cfg.stage_version("birdnet_embeddings") + files.digest[:6],

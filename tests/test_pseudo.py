@@ -98,3 +98,43 @@ def test_pseudo_dirs_leave_out_labelled_soundscapes_and_add_a_named_unlabeled_fo
     assert pseudo_dirs(detect_layout(tmp_path), dirs, named_unlabeled=False) == ("unlabeled_soundscapes",)
     named = detect_layout(tmp_path, DatasetConfig(unlabeled_soundscapes="field"))
     assert pseudo_dirs(named, dirs, named_unlabeled=True) == ("unlabeled_soundscapes", "field")
+
+
+class _Reader:
+    """What `cached_birdnet_windows` reads of a BirdNET embeddings cache: 2 recordings' 3 s chunks."""
+
+    def __init__(self, cache_dir, digest: str):
+        self.cache_dir, self.digest = cache_dir, digest
+        self.windows = pl.DataFrame({"filename": ["a.ogg"] * 4 + ["b.ogg"] * 2, "start_seconds": [0.0, 3.0, 6.0, 9.0, 0.0, 3.0]})
+        self.windows = self.windows.with_row_index("row")
+        self.embedding = np.random.default_rng(1).normal(size=(6, 8)).astype(np.float32)
+
+    def __len__(self) -> int:
+        return self.windows.height
+
+    def array(self, rows, column):
+        assert column == "embedding"
+        return self.embedding[rows]
+
+
+def test_birdnet_windows_are_scored_once_per_cache_content(tmp_path):
+    """The heads, scores, blend and pseudo-label assets share one classifier pass, kept beside the cache."""
+    from types import SimpleNamespace
+
+    from birdpipe.evaluation.members import cached_birdnet_windows
+
+    calls = []
+
+    def classifier():
+        calls.append(1)
+        return SimpleNamespace(logits=lambda emb, index: emb[:, : len(index)])
+
+    species = SimpleNamespace(classes=["x", "y", "z"], index=np.array([0, -1, 1]), matched=np.array([True, False, True]))
+    first = cached_birdnet_windows(_Reader(tmp_path, "d1"), 5.0, classifier, species)
+    again = cached_birdnet_windows(_Reader(tmp_path, "d1"), 5.0, classifier, species)
+    assert len(calls) == 1 and first.keys.equals(again.keys)
+    np.testing.assert_array_equal(first.embedding, again.embedding)
+    np.testing.assert_array_equal(first.zero_shot, again.zero_shot)  # NaN for the species BirdNET lacks, kept
+    assert np.isnan(again.zero_shot[:, 1]).all() and again.keys.height == 3  # a: windows 0 and 1; b: window 0
+    cached_birdnet_windows(_Reader(tmp_path, "d2"), 5.0, classifier, species)  # the cache changed
+    assert len(calls) == 2 and len(list(tmp_path.glob("windows-*.parquet"))) == 1

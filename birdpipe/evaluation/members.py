@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from birdpipe.features.reader import WindowCacheReader
 from birdpipe.features.windows import pool_files, pool_windows
 from birdpipe.models.birdnet import BirdnetClassifier, SpeciesMap, scores
 from birdpipe.models.heads import Head
+from birdpipe.paths import atomic_write
 
 KEYS = ["filename", "window_index"]
 
@@ -40,6 +43,14 @@ class BirdnetWindows:
     def zero_shot_frame(self, classes: list[str]) -> pl.DataFrame:
         return self.keys.hstack(pl.DataFrame(self.zero_shot, schema=classes))
 
+    def write(self, path: Path) -> None:
+        self.keys.with_columns(pl.Series("embedding", self.embedding), pl.Series("zero_shot", self.zero_shot)).write_parquet(path)
+
+    @classmethod
+    def read(cls, path: Path) -> BirdnetWindows:
+        frame = pl.read_parquet(path)
+        return cls(frame.select(KEYS), frame["embedding"].to_numpy(), frame["zero_shot"].to_numpy())
+
 
 def birdnet_windows(
     filenames: list[str], starts: np.ndarray, embeddings: np.ndarray, window_seconds: float,
@@ -54,16 +65,31 @@ def birdnet_windows(
 
 
 def cached_birdnet_windows(
-    reader: WindowCacheReader, window_seconds: float, classifier: BirdnetClassifier, species: SpeciesMap
+    reader: WindowCacheReader, window_seconds: float, classifier: Callable[[], BirdnetClassifier], species: SpeciesMap
 ) -> BirdnetWindows:
     """`birdnet_windows` of every recording in a BirdNET embeddings cache (none for an empty
-    cache: a dataset without unlabeled soundscapes has nothing to pseudo-label)."""
+    cache: a dataset without unlabeled soundscapes has nothing to pseudo-label).
+
+    Computed once per cache content, window length and species map, and kept beside the cache
+    as `windows-<key>.parquet`: the heads, the zero-shot scores, the blend and the pseudo-labels
+    all read it, and only the first of them loads the classifier and scores every chunk."""
     if not len(reader):
         keys = pl.DataFrame(schema={"filename": pl.String, "window_index": pl.Int64})
         return BirdnetWindows(keys, np.zeros((0, 0), np.float32), np.zeros((0, len(species.classes)), np.float32))
+    key = json.dumps([reader.digest, window_seconds, species.classes, np.asarray(species.index).tolist()])
+    path = reader.cache_dir / f"windows-{hashlib.sha256(key.encode()).hexdigest()[:16]}.parquet"
+    if path.exists():
+        return BirdnetWindows.read(path)
     windows = reader.windows
     emb = reader.array(windows["row"].to_numpy(), "embedding")
-    return birdnet_windows(windows["filename"].to_list(), windows["start_seconds"].to_numpy(), emb, window_seconds, classifier, species)
+    out = birdnet_windows(
+        windows["filename"].to_list(), windows["start_seconds"].to_numpy(), emb, window_seconds, classifier(), species
+    )
+    atomic_write(path, out.write)
+    for stale in reader.cache_dir.glob("windows-*.parquet"):  # of an older cache content or species map
+        if stale != path:
+            stale.unlink(missing_ok=True)
+    return out
 
 
 def head_oof(keys: pl.DataFrame, x: np.ndarray, folds: pl.DataFrame, heads: Mapping[int, Path]) -> tuple[pl.DataFrame, np.ndarray]:
