@@ -359,5 +359,3 @@ def probe(path: str | Path, decode: bool = True) -> AudioInfo:
         return AudioInfo(str(path), True, reason, frames / rate, rate, channels, frames, damaged, tuple(notes))
     except AudioError as exc:
         return AudioInfo(str(path), False, exc.reason, 0.0, 0, 0, 0, False, tuple(stream.notes if stream else ()))
-    except AudioError as exc:
-        return AudioInfo(str(path), False, exc.reason, 0.0, 0, 0, 0, False, tuple(stream.notes))

@@ -1,9 +1,9 @@
 """What a window cache computes per recording, in its worker processes.
 
-Kept apart from the builder (`features.cache`, which needs polars and pyarrow to write
-shards): a worker unpickles its function and featurizer by module, so every module it
-imports is paid once per worker and, in a run of a few seconds per core, counts. This
-module needs only numpy, the decoder and the mel code.
+Kept apart from the builder (`features.cache`, which needs polars to write shards): a
+worker unpickles its function and featurizer by module, so every module it imports is paid
+once per worker and, in a run of a few seconds per core, counts. This module needs only
+numpy, the decoder and the mel code.
 """
 
 from __future__ import annotations
